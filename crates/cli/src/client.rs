@@ -1,0 +1,124 @@
+//! The HTTP client of the CLI: resolves where the server is and which token to use, and turns
+//! problem documents into readable errors.
+
+use std::path::PathBuf;
+
+use airlock_api::Problem;
+use anyhow::{Context, Result, anyhow, bail};
+use reqwest::{Method, StatusCode};
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+
+use crate::Connection;
+
+const DEFAULT_URL: &str = "http://127.0.0.1:7700";
+
+/// `~/.config/airlock/config.json` (or `$AIRLOCK_CONFIG`).
+#[derive(Debug, Default, Serialize, Deserialize)]
+pub struct ConfigFile {
+    pub url: Option<String>,
+    pub token: Option<String>,
+}
+
+pub fn config_path() -> PathBuf {
+    if let Some(path) = std::env::var_os("AIRLOCK_CONFIG") {
+        return PathBuf::from(path);
+    }
+    let base = std::env::var_os("XDG_CONFIG_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|home| PathBuf::from(home).join(".config")))
+        .unwrap_or_else(|| PathBuf::from("."));
+    base.join("airlock/config.json")
+}
+
+fn read_config() -> ConfigFile {
+    std::fs::read(config_path())
+        .ok()
+        .and_then(|bytes| serde_json::from_slice(&bytes).ok())
+        .unwrap_or_default()
+}
+
+pub struct Client {
+    http: reqwest::Client,
+    base: String,
+    token: String,
+}
+
+impl Client {
+    pub fn new(connection: &Connection) -> Result<Self> {
+        let config = read_config();
+        let base = connection
+            .url
+            .clone()
+            .or(config.url)
+            .unwrap_or_else(|| DEFAULT_URL.into())
+            .trim_end_matches('/')
+            .to_owned();
+        let token = match connection.token.clone().or(config.token) {
+            Some(token) => token,
+            // On the server's own host, root can use the admin token the server wrote.
+            None => std::fs::read_to_string(crate::default_data_dir().join("admin-token"))
+                .map(|text| text.trim().to_owned())
+                .map_err(|_| {
+                    anyhow!("no token: set AIRLOCK_TOKEN, pass --token, or run `airlock login`")
+                })?,
+        };
+        let http = reqwest::Client::builder()
+            .build()
+            .context("building the HTTP client")?;
+        Ok(Self { http, base, token })
+    }
+
+    pub async fn send<T: DeserializeOwned>(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<&impl Serialize>,
+        headers: &[(&str, String)],
+    ) -> Result<T> {
+        let response = self.request(method, path, body, headers).await?;
+        response.json().await.context("reading the server's answer")
+    }
+
+    /// For answers without a body (204).
+    pub async fn send_empty(&self, method: Method, path: &str) -> Result<()> {
+        self.request(method, path, None::<&()>, &[])
+            .await
+            .map(|_| ())
+    }
+
+    async fn request(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<&impl Serialize>,
+        headers: &[(&str, String)],
+    ) -> Result<reqwest::Response> {
+        let mut request = self
+            .http
+            .request(method, format!("{}{path}", self.base))
+            .bearer_auth(&self.token);
+        for (name, value) in headers {
+            request = request.header(*name, value);
+        }
+        if let Some(body) = body {
+            request = request.json(body);
+        }
+        let response = request
+            .send()
+            .await
+            .with_context(|| format!("cannot reach airlock at {}", self.base))?;
+        if response.status().is_success() {
+            return Ok(response);
+        }
+        let status = response.status();
+        match response.json::<Problem>().await {
+            Ok(problem) => match problem.detail {
+                Some(detail) => bail!("{} ({}): {detail}", problem.title, status.as_u16()),
+                None => bail!("{} ({})", problem.title, status.as_u16()),
+            },
+            Err(_) if status == StatusCode::UNAUTHORIZED => bail!("the token was refused (401)"),
+            Err(_) => bail!("the server answered {status}"),
+        }
+    }
+}

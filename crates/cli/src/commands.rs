@@ -1,0 +1,400 @@
+//! The client commands: each builds one API request and prints the answer.
+
+use std::io::{Read, Write};
+
+use airlock_api as api;
+use anyhow::{Context, Result, bail};
+use clap::Subcommand;
+use reqwest::Method;
+
+use crate::Connection;
+use crate::client::{Client, ConfigFile, config_path};
+use crate::output::{Spinner, print_environments, print_json, print_tokens};
+
+#[derive(Subcommand)]
+pub enum EnvCommand {
+    /// Create and start an environment.
+    Create {
+        #[arg(long)]
+        name: Option<String>,
+        #[arg(long)]
+        image: Option<String>,
+        /// Memory limit in MiB.
+        #[arg(long)]
+        memory: Option<u64>,
+        /// CPUs, e.g. 0.5.
+        #[arg(long)]
+        cpus: Option<f64>,
+        /// Maximum number of processes.
+        #[arg(long)]
+        pids: Option<u64>,
+        /// Lifetime in seconds.
+        #[arg(long)]
+        ttl: Option<u64>,
+        /// Makes retries safe: the same key returns the same environment.
+        #[arg(long)]
+        idempotency_key: Option<String>,
+    },
+    /// List your environments.
+    #[command(alias = "ls")]
+    List {
+        /// Every owner's environments (admin).
+        #[arg(long)]
+        all: bool,
+    },
+    /// Show one environment (by id or name).
+    Get { environment: String },
+    /// Stop an environment, keeping its files.
+    Stop { environment: String },
+    /// Start a stopped environment.
+    Start { environment: String },
+    /// Delete environments.
+    #[command(alias = "delete")]
+    Rm {
+        #[arg(required = true)]
+        environments: Vec<String>,
+    },
+    /// Run a command in an environment; exits with the command's exit code.
+    Exec {
+        environment: String,
+        /// Seconds before the command's process tree is killed.
+        #[arg(long)]
+        timeout: Option<u64>,
+        /// Extra environment variables, KEY=VALUE.
+        #[arg(long = "env", short = 'e')]
+        env: Vec<String>,
+        /// Working directory inside the environment.
+        #[arg(long)]
+        cwd: Option<String>,
+        /// Send this process's standard input to the command.
+        #[arg(long, short = 'i')]
+        stdin: bool,
+        #[arg(last = true, required = true)]
+        command: Vec<String>,
+    },
+}
+
+#[derive(Subcommand)]
+pub enum UserCommand {
+    /// Create a user.
+    Create {
+        name: String,
+        /// admin or developer (default).
+        #[arg(long = "role")]
+        roles: Vec<String>,
+    },
+}
+
+#[derive(Subcommand)]
+pub enum TokenCommand {
+    /// Issue a token (for yourself, or, as an admin, for --user).
+    Create {
+        #[arg(long)]
+        user: Option<String>,
+        /// read, write, admin (repeatable; default read and write).
+        #[arg(long = "scope")]
+        scopes: Vec<String>,
+        /// Lifetime in seconds.
+        #[arg(long)]
+        expires_in: Option<u64>,
+        #[arg(long)]
+        description: Option<String>,
+    },
+    /// Revoke a token at once.
+    Revoke { id: String },
+}
+
+/// Turns a name into an id (ids pass through).
+async fn resolve(client: &Client, reference: &str) -> Result<String> {
+    if reference.starts_with("env_") {
+        return Ok(reference.to_owned());
+    }
+    let list: api::EnvironmentList = client
+        .send(
+            Method::GET,
+            &format!("/v1/environments?name={reference}"),
+            None::<&()>,
+            &[],
+        )
+        .await?;
+    match list.items.into_iter().next() {
+        Some(environment) => Ok(environment.id),
+        None => bail!("you have no environment named {reference:?}"),
+    }
+}
+
+pub async fn env(connection: &Connection, command: EnvCommand) -> Result<i32> {
+    let client = Client::new(connection)?;
+    match command {
+        EnvCommand::Create {
+            name,
+            image,
+            memory,
+            cpus,
+            pids,
+            ttl,
+            idempotency_key,
+        } => {
+            let resources = (memory.is_some() || cpus.is_some() || pids.is_some()).then_some(
+                api::ResourcesRequest {
+                    memory_mib: memory,
+                    cpus,
+                    pids,
+                },
+            );
+            let request = api::CreateEnvironment {
+                name,
+                image,
+                resources,
+                ttl_seconds: ttl,
+            };
+            let headers: Vec<(&str, String)> = idempotency_key
+                .map(|key| ("idempotency-key", key))
+                .into_iter()
+                .collect();
+            let spinner = Spinner::start("creating environment");
+            let environment: Result<api::Environment> = client
+                .send(Method::POST, "/v1/environments", Some(&request), &headers)
+                .await;
+            spinner.stop();
+            print_environment(connection, &environment?);
+        }
+        EnvCommand::List { all } => {
+            let mut items = Vec::new();
+            let mut cursor: Option<String> = None;
+            loop {
+                let mut path = format!("/v1/environments?limit=200&all={all}");
+                if let Some(cursor) = &cursor {
+                    path.push_str(&format!("&cursor={cursor}"));
+                }
+                let page: api::EnvironmentList =
+                    client.send(Method::GET, &path, None::<&()>, &[]).await?;
+                items.extend(page.items);
+                match page.next_cursor {
+                    Some(next) => cursor = Some(next),
+                    None => break,
+                }
+            }
+            if connection.json {
+                print_json(&items)
+            } else {
+                print_environments(&items)
+            }
+        }
+        EnvCommand::Get { environment } => {
+            let id = resolve(&client, &environment).await?;
+            let environment: api::Environment = client
+                .send(
+                    Method::GET,
+                    &format!("/v1/environments/{id}"),
+                    None::<&()>,
+                    &[],
+                )
+                .await?;
+            print_environment(connection, &environment);
+        }
+        EnvCommand::Stop { environment } => {
+            let id = resolve(&client, &environment).await?;
+            let spinner = Spinner::start("stopping");
+            let result: Result<api::Environment> = client
+                .send(
+                    Method::POST,
+                    &format!("/v1/environments/{id}/stop"),
+                    None::<&()>,
+                    &[],
+                )
+                .await;
+            spinner.stop();
+            print_environment(connection, &result?);
+        }
+        EnvCommand::Start { environment } => {
+            let id = resolve(&client, &environment).await?;
+            let spinner = Spinner::start("starting");
+            let result: Result<api::Environment> = client
+                .send(
+                    Method::POST,
+                    &format!("/v1/environments/{id}/start"),
+                    None::<&()>,
+                    &[],
+                )
+                .await;
+            spinner.stop();
+            print_environment(connection, &result?);
+        }
+        EnvCommand::Rm { environments } => {
+            for environment in environments {
+                let id = resolve(&client, &environment).await?;
+                client
+                    .send_empty(Method::DELETE, &format!("/v1/environments/{id}"))
+                    .await?;
+                if !connection.json {
+                    println!("deleted {id}");
+                }
+            }
+        }
+        EnvCommand::Exec {
+            environment,
+            timeout,
+            env,
+            cwd,
+            stdin,
+            command,
+        } => {
+            let id = resolve(&client, &environment).await?;
+            let env = env
+                .iter()
+                .map(|pair| {
+                    pair.split_once('=')
+                        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+                        .context("--env takes KEY=VALUE")
+                })
+                .collect::<Result<_>>()?;
+            let stdin = if stdin {
+                let mut input = String::new();
+                std::io::stdin()
+                    .read_to_string(&mut input)
+                    .context("reading standard input")?;
+                Some(input)
+            } else {
+                None
+            };
+            let request = api::ExecRequest {
+                command,
+                env: Some(env),
+                cwd,
+                stdin,
+                timeout_seconds: timeout,
+            };
+            let result: api::ExecResult = client
+                .send(
+                    Method::POST,
+                    &format!("/v1/environments/{id}/exec"),
+                    Some(&request),
+                    &[],
+                )
+                .await?;
+            if connection.json {
+                print_json(&result);
+                return Ok(0);
+            }
+            std::io::stdout().write_all(result.stdout.as_bytes())?;
+            std::io::stderr().write_all(result.stderr.as_bytes())?;
+            if result.truncated {
+                eprintln!("airlock: output was truncated");
+            }
+            if result.timed_out {
+                eprintln!("airlock: the command timed out and was killed");
+            }
+            return Ok(result.exit_code);
+        }
+    }
+    Ok(0)
+}
+
+fn print_environment(connection: &Connection, environment: &api::Environment) {
+    if connection.json {
+        print_json(environment)
+    } else {
+        print_environments(std::slice::from_ref(environment))
+    }
+}
+
+pub async fn user(connection: &Connection, command: UserCommand) -> Result<i32> {
+    let client = Client::new(connection)?;
+    match command {
+        UserCommand::Create { name, roles } => {
+            let request = api::CreateUser {
+                name,
+                roles: (!roles.is_empty()).then_some(roles),
+            };
+            let user: api::User = client
+                .send(Method::POST, "/v1/users", Some(&request), &[])
+                .await?;
+            if connection.json {
+                print_json(&user);
+            } else {
+                println!("{}\t{}\t{}", user.id, user.name, user.roles.join(","));
+            }
+        }
+    }
+    Ok(0)
+}
+
+pub async fn token(connection: &Connection, command: TokenCommand) -> Result<i32> {
+    let client = Client::new(connection)?;
+    match command {
+        TokenCommand::Create {
+            user,
+            scopes,
+            expires_in,
+            description,
+        } => {
+            let request = api::CreateToken {
+                user_id: user,
+                scopes: (!scopes.is_empty()).then_some(scopes),
+                expires_in_seconds: expires_in,
+                description,
+            };
+            let issued: api::IssuedToken = client
+                .send(Method::POST, "/v1/tokens", Some(&request), &[])
+                .await?;
+            if connection.json {
+                print_json(&issued);
+            } else {
+                print_tokens(std::slice::from_ref(&issued.info));
+                println!("\ntoken (shown once): {}", issued.token);
+            }
+        }
+        TokenCommand::Revoke { id } => {
+            client
+                .send_empty(Method::DELETE, &format!("/v1/tokens/{id}"))
+                .await?;
+            if !connection.json {
+                println!("revoked {id}");
+            }
+        }
+    }
+    Ok(0)
+}
+
+pub async fn whoami(connection: &Connection) -> Result<i32> {
+    let client = Client::new(connection)?;
+    let me: api::WhoAmI = client
+        .send(Method::GET, "/v1/whoami", None::<&()>, &[])
+        .await?;
+    if connection.json {
+        print_json(&me);
+    } else {
+        println!(
+            "{} ({}), roles: {}, token {} scopes: {}",
+            me.user.name,
+            me.user.id,
+            me.user.roles.join(","),
+            me.token_id,
+            me.scopes.join(",")
+        );
+    }
+    Ok(0)
+}
+
+pub fn login(url: &str, token: &str) -> Result<()> {
+    let path = config_path();
+    if let Some(parent) = path.parent() {
+        std::fs::create_dir_all(parent)
+            .with_context(|| format!("creating {}", parent.display()))?;
+    }
+    let config = ConfigFile {
+        url: Some(url.to_owned()),
+        token: Some(token.to_owned()),
+    };
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&path)?;
+    file.write_all(&serde_json::to_vec_pretty(&config)?)?;
+    println!("saved to {}", path.display());
+    Ok(())
+}

@@ -1,0 +1,159 @@
+//! The `airlock` binary: `airlock server` runs the control plane; every other command is a
+//! client of its HTTP API. `airlock __runtime` is the internal runtime helper (see
+//! `airlock_runtime::helper`), selected before anything else starts.
+
+mod client;
+mod commands;
+mod output;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Args, Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(
+    name = "airlock",
+    version,
+    about = "Isolated development environments and time-boxed production access"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+    #[command(flatten)]
+    connection: Connection,
+}
+
+/// Where the server is and who we are; flags beat environment variables beat the config file.
+#[derive(Args, Clone, Debug)]
+pub struct Connection {
+    /// The server's URL [default: from the config file, else http://127.0.0.1:7700].
+    #[arg(long, env = "AIRLOCK_URL", global = true)]
+    url: Option<String>,
+    /// The API token [default: from the config file, else the local server's admin-token file].
+    #[arg(long, env = "AIRLOCK_TOKEN", global = true, hide_env_values = true)]
+    token: Option<String>,
+    /// Print JSON instead of tables.
+    #[arg(long, global = true)]
+    json: bool,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the airlock server.
+    Server(ServerArgs),
+    /// Create, list, inspect, stop, start, delete environments and run commands in them.
+    #[command(subcommand, alias = "envs")]
+    Env(commands::EnvCommand),
+    /// Manage users (admin).
+    #[command(subcommand)]
+    User(commands::UserCommand),
+    /// Issue and revoke API tokens.
+    #[command(subcommand)]
+    Token(commands::TokenCommand),
+    /// Show who the current token belongs to.
+    Whoami,
+    /// Save the server URL and a token to the config file.
+    Login {
+        #[arg(long)]
+        url: String,
+        #[arg(long)]
+        token: String,
+    },
+}
+
+#[derive(Args, Debug)]
+struct ServerArgs {
+    /// Where airlock keeps its database, sandboxes and admin token.
+    #[arg(long, env = "AIRLOCK_DATA_DIR", default_value_os_t = default_data_dir())]
+    data_dir: PathBuf,
+    /// Address to listen on.
+    #[arg(long, env = "AIRLOCK_LISTEN", default_value = "127.0.0.1:7700")]
+    listen: SocketAddr,
+    /// Seconds between reconciliations of records with sandboxes.
+    #[arg(long, env = "AIRLOCK_RECONCILE_SECONDS", default_value_t = 30)]
+    reconcile_seconds: u64,
+}
+
+pub fn default_data_dir() -> PathBuf {
+    PathBuf::from("/var/lib/airlock")
+}
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().collect();
+    if args.get(1).map(String::as_str) == Some(airlock_runtime::helper::HELPER_ARG) {
+        let request = args.get(2).map(String::as_str).unwrap_or("");
+        if let Ok(filter) = std::env::var("AIRLOCK_HELPER_LOG") {
+            tracing_subscriber::fmt()
+                .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
+                .with_writer(std::io::stderr)
+                .init();
+        }
+        return ExitCode::from(airlock_runtime::helper::main(request) as u8);
+    }
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("error: starting the async runtime: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(async move {
+        match cli.command {
+            Command::Server(args) => run_server(args).await.map(|()| 0),
+            Command::Env(command) => commands::env(&cli.connection, command).await,
+            Command::User(command) => commands::user(&cli.connection, command).await,
+            Command::Token(command) => commands::token(&cli.connection, command).await,
+            Command::Whoami => commands::whoami(&cli.connection).await,
+            Command::Login { url, token } => commands::login(&url, &token).map(|()| 0),
+        }
+    });
+    match result {
+        Ok(code) => ExitCode::from(code.clamp(0, 255) as u8),
+        Err(error) => {
+            eprintln!("error: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run_server(args: ServerArgs) -> anyhow::Result<()> {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_env("AIRLOCK_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
+    if std::env::var("AIRLOCK_LOG_FORMAT").as_deref() == Ok("json") {
+        tracing_subscriber::fmt()
+            .json()
+            .with_env_filter(filter)
+            .with_writer(std::io::stderr)
+            .init();
+    } else {
+        tracing_subscriber::fmt()
+            .with_env_filter(filter)
+            .with_writer(std::io::stderr)
+            .init();
+    }
+    let helper = std::env::current_exe()?;
+    let config = airlock_server::ServerConfig {
+        data_dir: args.data_dir,
+        listen: args.listen,
+        helper,
+        limits: Default::default(),
+        reconcile_every: std::time::Duration::from_secs(args.reconcile_seconds.max(1)),
+    };
+    let reconcile_every = config.reconcile_every;
+    let started = airlock_server::start(config).await?;
+    if let Some(token) = &started.admin_token {
+        println!(
+            "admin token (shown once; also in {}):",
+            started.admin_token_path.display()
+        );
+        println!("  {token}");
+    }
+    println!("airlock listening on http://{}", started.address);
+    airlock_server::run(started, reconcile_every).await
+}

@@ -1,0 +1,15 @@
+//! airlock's core: domain types, the closed set of actions, authorization, and the engine that
+//! executes actions through narrow ports (store, runtime, clock). It does no I/O of its own.
+
+pub mod action;
+pub mod engine;
+pub mod error;
+pub mod ids;
+pub mod model;
+pub mod policy;
+pub mod ports;
+pub mod secret;
+
+pub use action::{Action, Reply};
+pub use engine::{Engine, Origin, ReconcileReport};
+pub use error::{Error, Invalid};

@@ -1,0 +1,278 @@
+//! The domain's records: environments and their states, users, roles, scopes, tokens, commands.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+
+use crate::error::Invalid;
+use crate::ids::{EnvironmentId, Name, TokenId, UserId};
+
+/// Limits of one sandbox, already checked against [`Limits`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Resources {
+    pub memory_mib: u64,
+    /// Thousandths of a CPU: 500 is half a CPU.
+    pub millicpus: u64,
+    pub pids: u64,
+}
+
+/// Where an environment is in its life. Transitions are checked by [`EnvState::can_become`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum EnvState {
+    Creating,
+    Running,
+    Stopped,
+    Deleting,
+    Deleted,
+    Failed,
+}
+
+impl EnvState {
+    pub const ALL: [EnvState; 6] = [
+        EnvState::Creating,
+        EnvState::Running,
+        EnvState::Stopped,
+        EnvState::Deleting,
+        EnvState::Deleted,
+        EnvState::Failed,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EnvState::Creating => "creating",
+            EnvState::Running => "running",
+            EnvState::Stopped => "stopped",
+            EnvState::Deleting => "deleting",
+            EnvState::Deleted => "deleted",
+            EnvState::Failed => "failed",
+        }
+    }
+
+    pub fn parse(text: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|state| state.as_str() == text)
+    }
+
+    /// `creating → running ⇄ stopped → deleting → deleted`, and `failed` from any live state.
+    pub fn can_become(self, next: EnvState) -> bool {
+        use EnvState::*;
+        matches!(
+            (self, next),
+            (Creating, Running)
+                | (Running, Stopped)
+                | (Stopped, Running)
+                | (Creating | Running | Stopped | Failed, Deleting)
+                | (Deleting, Deleted)
+                | (Creating | Running | Stopped | Deleting, Failed)
+        )
+    }
+
+    /// A state in which the environment may hold a sandbox on the host.
+    pub fn holds_sandbox(self) -> bool {
+        matches!(
+            self,
+            EnvState::Creating | EnvState::Running | EnvState::Stopped | EnvState::Deleting
+        )
+    }
+}
+
+impl fmt::Display for EnvState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Environment {
+    pub id: EnvironmentId,
+    pub name: Name,
+    pub owner: UserId,
+    pub image: Name,
+    pub resources: Resources,
+    pub state: EnvState,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+    pub expires_at: DateTime<Utc>,
+    pub failure: Option<String>,
+}
+
+/// What a principal is allowed to be, before scopes narrow it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    Admin,
+    Developer,
+}
+
+impl Role {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Admin => "admin",
+            Role::Developer => "developer",
+        }
+    }
+
+    pub fn parse(text: &str) -> Result<Self, Invalid> {
+        match text {
+            "admin" => Ok(Role::Admin),
+            "developer" => Ok(Role::Developer),
+            _ => Err(Invalid::new("roles", format!("has unknown role {text:?}"))),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct User {
+    pub id: UserId,
+    pub name: Name,
+    pub roles: Vec<Role>,
+    pub created_at: DateTime<Utc>,
+}
+
+impl User {
+    pub fn is_admin(&self) -> bool {
+        self.roles.contains(&Role::Admin)
+    }
+}
+
+/// What a token may be used for; a request needs the scope of its action.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Scope {
+    Read,
+    Write,
+    Admin,
+}
+
+impl Scope {
+    pub const ALL: [Scope; 3] = [Scope::Read, Scope::Write, Scope::Admin];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Scope::Read => "read",
+            Scope::Write => "write",
+            Scope::Admin => "admin",
+        }
+    }
+
+    pub fn parse(text: &str) -> Result<Self, Invalid> {
+        Self::ALL
+            .into_iter()
+            .find(|scope| scope.as_str() == text)
+            .ok_or_else(|| Invalid::new("scopes", format!("has unknown scope {text:?}")))
+    }
+}
+
+/// A token as stored: the secret itself is never kept, only its SHA-256.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TokenRecord {
+    pub id: TokenId,
+    pub user_id: UserId,
+    pub secret_hash: [u8; 32],
+    pub scopes: Vec<Scope>,
+    pub description: Option<String>,
+    pub created_at: DateTime<Utc>,
+    pub expires_at: Option<DateTime<Utc>>,
+    pub revoked_at: Option<DateTime<Utc>>,
+}
+
+/// Who is asking: a user, through one token with its scopes.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Principal {
+    pub user: User,
+    pub token_id: TokenId,
+    pub scopes: Vec<Scope>,
+}
+
+impl Principal {
+    pub fn has_scope(&self, scope: Scope) -> bool {
+        self.scopes.contains(&scope)
+    }
+
+    /// Admin powers need both the role and a token scoped for them.
+    pub fn acts_as_admin(&self) -> bool {
+        self.user.is_admin() && self.has_scope(Scope::Admin)
+    }
+}
+
+/// A command to run in an environment, checked.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ExecSpec {
+    pub argv: Vec<String>,
+    pub env: BTreeMap<String, String>,
+    pub cwd: Option<String>,
+    pub stdin: Vec<u8>,
+    pub timeout: Duration,
+    /// Bytes kept of each of stdout and stderr; the rest is read and dropped.
+    pub output_limit: usize,
+}
+
+/// What a command did.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ExecOutput {
+    pub exit_code: i32,
+    pub stdout: Vec<u8>,
+    pub stderr: Vec<u8>,
+    pub truncated: bool,
+    pub timed_out: bool,
+    pub duration: Duration,
+}
+
+/// One line of the audit trail.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AuditEvent {
+    pub time: DateTime<Utc>,
+    pub request_id: String,
+    /// The user id, or `anonymous`.
+    pub actor: String,
+    pub action: String,
+    pub target: Option<String>,
+    /// `ok`, or the error's outcome word (`forbidden`, `not_found`, …).
+    pub outcome: String,
+    pub source: Option<String>,
+    pub detail: Option<String>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn state_machine_follows_the_design() {
+        use EnvState::*;
+        let allowed = [
+            (Creating, Running),
+            (Running, Stopped),
+            (Stopped, Running),
+            (Creating, Deleting),
+            (Running, Deleting),
+            (Stopped, Deleting),
+            (Failed, Deleting),
+            (Deleting, Deleted),
+            (Creating, Failed),
+            (Running, Failed),
+            (Stopped, Failed),
+            (Deleting, Failed),
+        ];
+        for from in EnvState::ALL {
+            for to in EnvState::ALL {
+                assert_eq!(
+                    from.can_become(to),
+                    allowed.contains(&(from, to)),
+                    "{from} -> {to}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn states_parse_back() {
+        for state in EnvState::ALL {
+            assert_eq!(EnvState::parse(state.as_str()), Some(state));
+        }
+        assert_eq!(EnvState::parse("Running"), None);
+    }
+}

@@ -1,0 +1,213 @@
+//! Who may do what, and within which bounds: the one place actions are authorized.
+//!
+//! Default deny: an action passes only if a rule below lets it. Two checks stack: the token's
+//! scope for the kind of action, then the role (admin-only actions) and ownership (another
+//! user's environment is reported as missing, never as forbidden).
+
+use std::time::Duration;
+
+use crate::action::Action;
+use crate::error::{Error, Invalid};
+use crate::model::{Environment, Principal, Resources, Scope};
+
+/// The scope a token needs for an action.
+pub fn required_scope(action: &Action) -> Scope {
+    match action {
+        Action::ListEnvironments(_) | Action::GetEnvironment(_) | Action::WhoAmI => Scope::Read,
+        Action::CreateEnvironment { .. }
+        | Action::StopEnvironment(_)
+        | Action::StartEnvironment(_)
+        | Action::DeleteEnvironment(_)
+        | Action::Exec { .. }
+        | Action::CreateToken(_)
+        | Action::RevokeToken(_) => Scope::Write,
+        Action::CreateUser(_) => Scope::Admin,
+    }
+}
+
+/// Checks what can be decided from the action alone, before anything is loaded.
+pub fn authorize(principal: &Principal, action: &Action) -> Result<(), Error> {
+    let scope = required_scope(action);
+    if !principal.has_scope(scope) {
+        return Err(Error::Forbidden(format!(
+            "this token lacks the `{}` scope",
+            scope.as_str()
+        )));
+    }
+    if scope == Scope::Admin && !principal.acts_as_admin() {
+        return Err(Error::Forbidden("this action needs the admin role".into()));
+    }
+    Ok(())
+}
+
+/// Whether `principal` may see `environment` at all. Callers turn `false` into `NotFound`.
+pub fn can_see(principal: &Principal, environment: &Environment) -> bool {
+    environment.owner == principal.user.id || principal.acts_as_admin()
+}
+
+/// Bounds on what a request may ask for, set by the operator.
+#[derive(Debug, Clone)]
+pub struct Limits {
+    pub default_resources: Resources,
+    pub max_resources: Resources,
+    pub min_resources: Resources,
+    pub default_ttl: Duration,
+    pub max_ttl: Duration,
+    pub min_ttl: Duration,
+    pub default_exec_timeout: Duration,
+    pub max_exec_timeout: Duration,
+    /// Bytes kept of each of stdout and stderr of a buffered exec.
+    pub exec_output_limit: usize,
+    /// Bytes of argv, environment and stdin together.
+    pub exec_input_limit: usize,
+    pub max_page_size: u32,
+    pub max_token_lifetime: Duration,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            default_resources: Resources {
+                memory_mib: 512,
+                millicpus: 1000,
+                pids: 512,
+            },
+            max_resources: Resources {
+                memory_mib: 16 * 1024,
+                millicpus: 16_000,
+                pids: 32_768,
+            },
+            min_resources: Resources {
+                memory_mib: 16,
+                millicpus: 10,
+                pids: 16,
+            },
+            default_ttl: Duration::from_secs(8 * 3600),
+            max_ttl: Duration::from_secs(7 * 24 * 3600),
+            min_ttl: Duration::from_secs(60),
+            default_exec_timeout: Duration::from_secs(60),
+            max_exec_timeout: Duration::from_secs(3600),
+            exec_output_limit: 1024 * 1024,
+            exec_input_limit: 1024 * 1024,
+            max_page_size: 200,
+            max_token_lifetime: Duration::from_secs(366 * 24 * 3600),
+        }
+    }
+}
+
+impl Limits {
+    /// Fills absent fields with defaults and checks each against the bounds.
+    pub fn resources(
+        &self,
+        memory_mib: Option<u64>,
+        cpus: Option<f64>,
+        pids: Option<u64>,
+    ) -> Result<Resources, Invalid> {
+        let millicpus = match cpus {
+            None => self.default_resources.millicpus,
+            Some(cpus) if cpus.is_finite() && cpus > 0.0 => (cpus * 1000.0).round() as u64,
+            Some(_) => return Err(Invalid::new("resources.cpus", "must be a positive number")),
+        };
+        let resources = Resources {
+            memory_mib: memory_mib.unwrap_or(self.default_resources.memory_mib),
+            millicpus,
+            pids: pids.unwrap_or(self.default_resources.pids),
+        };
+        check_range(
+            "resources.memory_mib",
+            resources.memory_mib,
+            self.min_resources.memory_mib,
+            self.max_resources.memory_mib,
+        )?;
+        check_range(
+            "resources.cpus",
+            resources.millicpus,
+            self.min_resources.millicpus,
+            self.max_resources.millicpus,
+        )
+        .map_err(|_| {
+            Invalid::new(
+                "resources.cpus",
+                format!(
+                    "must be between {} and {}",
+                    self.min_resources.millicpus as f64 / 1000.0,
+                    self.max_resources.millicpus as f64 / 1000.0
+                ),
+            )
+        })?;
+        check_range(
+            "resources.pids",
+            resources.pids,
+            self.min_resources.pids,
+            self.max_resources.pids,
+        )?;
+        Ok(resources)
+    }
+
+    pub fn ttl(&self, seconds: Option<u64>) -> Result<Duration, Invalid> {
+        let ttl = seconds.map(Duration::from_secs).unwrap_or(self.default_ttl);
+        check_range(
+            "ttl_seconds",
+            ttl.as_secs(),
+            self.min_ttl.as_secs(),
+            self.max_ttl.as_secs(),
+        )?;
+        Ok(ttl)
+    }
+}
+
+fn check_range(field: &'static str, value: u64, min: u64, max: u64) -> Result<(), Invalid> {
+    if value < min || value > max {
+        return Err(Invalid::new(
+            field,
+            format!("must be between {min} and {max}"),
+        ));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn resources_take_defaults_and_respect_bounds() {
+        let limits = Limits::default();
+        assert_eq!(
+            limits.resources(None, None, None).unwrap(),
+            limits.default_resources
+        );
+        assert_eq!(
+            limits.resources(Some(64), Some(0.5), Some(100)).unwrap(),
+            Resources {
+                memory_mib: 64,
+                millicpus: 500,
+                pids: 100
+            }
+        );
+        for (memory, cpus, pids, field) in [
+            (Some(1), None, None, "resources.memory_mib"),
+            (Some(1 << 40), None, None, "resources.memory_mib"),
+            (None, Some(0.0), None, "resources.cpus"),
+            (None, Some(-1.0), None, "resources.cpus"),
+            (None, Some(f64::NAN), None, "resources.cpus"),
+            (None, Some(1000.0), None, "resources.cpus"),
+            (None, None, Some(1), "resources.pids"),
+            (None, None, Some(u64::MAX), "resources.pids"),
+        ] {
+            assert_eq!(
+                limits.resources(memory, cpus, pids).unwrap_err().field,
+                field
+            );
+        }
+    }
+
+    #[test]
+    fn ttl_bounds() {
+        let limits = Limits::default();
+        assert_eq!(limits.ttl(None).unwrap(), limits.default_ttl);
+        assert!(limits.ttl(Some(59)).is_err());
+        assert!(limits.ttl(Some(u64::MAX)).is_err());
+        assert_eq!(limits.ttl(Some(600)).unwrap(), Duration::from_secs(600));
+    }
+}

@@ -1,0 +1,169 @@
+//! The narrow traits through which the core reaches the world: the store, the sandbox runtime
+//! and the clock. Each has a real implementation elsewhere and a faithful fake for unit tests.
+
+use std::sync::Mutex;
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+
+use crate::ids::{EnvironmentId, Name, TokenId, UserId};
+use crate::model::{
+    AuditEvent, EnvState, Environment, ExecOutput, ExecSpec, Resources, TokenRecord, User,
+};
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// A uniqueness rule was hit; the string names it (e.g. `environment name`).
+    #[error("{0} already exists")]
+    Duplicate(&'static str),
+    #[error("{0}")]
+    Backend(String),
+}
+
+/// The outcome of recording a new environment under an idempotency key.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Inserted {
+    Created,
+    /// The key was used before by the same owner, for this environment, with this fingerprint.
+    Replayed {
+        environment: EnvironmentId,
+        fingerprint: String,
+    },
+}
+
+/// Durable state. Every method is atomic on its own.
+#[async_trait]
+pub trait Store: Send + Sync + 'static {
+    async fn insert_user(&self, user: &User) -> Result<(), StoreError>;
+    async fn get_user(&self, id: &UserId) -> Result<Option<User>, StoreError>;
+    async fn count_users(&self) -> Result<u64, StoreError>;
+
+    async fn insert_token(&self, token: &TokenRecord) -> Result<(), StoreError>;
+    async fn get_token(&self, id: &TokenId) -> Result<Option<TokenRecord>, StoreError>;
+    /// The token with this secret hash and its user, whatever the token's expiry or revocation.
+    async fn find_token(
+        &self,
+        secret_hash: &[u8; 32],
+    ) -> Result<Option<(TokenRecord, User)>, StoreError>;
+    /// Marks the token revoked; false if it was unknown or already revoked.
+    async fn revoke_token(&self, id: &TokenId, at: DateTime<Utc>) -> Result<bool, StoreError>;
+
+    /// Records a new environment. With an idempotency key, either the key is claimed with the
+    /// environment in one transaction, or the earlier claim is returned and nothing is written.
+    async fn insert_environment(
+        &self,
+        environment: &Environment,
+        idempotency: Option<(&str, &str)>,
+    ) -> Result<Inserted, StoreError>;
+    async fn get_environment(&self, id: &EnvironmentId) -> Result<Option<Environment>, StoreError>;
+    /// Environments in id (creation) order after `after`, optionally only one owner's, one
+    /// name's, and only in some states.
+    async fn list_environments(
+        &self,
+        query: &EnvironmentQuery,
+    ) -> Result<Vec<Environment>, StoreError>;
+    /// Moves an environment to `to` if it is in one of `from`; returns the new record, or
+    /// `None` when it was not in one of those states.
+    async fn transition(
+        &self,
+        id: &EnvironmentId,
+        from: &[EnvState],
+        to: EnvState,
+        at: DateTime<Utc>,
+        failure: Option<&str>,
+    ) -> Result<Option<Environment>, StoreError>;
+
+    async fn append_audit(&self, event: &AuditEvent) -> Result<(), StoreError>;
+    async fn list_audit(&self, limit: u32) -> Result<Vec<AuditEvent>, StoreError>;
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct EnvironmentQuery {
+    pub owner: Option<UserId>,
+    pub name: Option<Name>,
+    pub states: Option<Vec<EnvState>>,
+    pub after: Option<EnvironmentId>,
+    pub limit: u32,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum RuntimeError {
+    #[error("the sandbox is not running")]
+    NotRunning,
+    #[error("no such sandbox")]
+    Missing,
+    #[error("{0}")]
+    Failed(String),
+}
+
+/// What the runtime sees of a sandbox on the host.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SandboxState {
+    Running,
+    /// Its writable layer exists but no process runs.
+    Stopped,
+    Missing,
+}
+
+/// What a sandbox is made of.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SandboxSpec {
+    pub id: EnvironmentId,
+    pub hostname: Name,
+    pub image: Name,
+    pub resources: Resources,
+}
+
+/// Creates, runs and destroys sandboxes. Implementations must be safe to call concurrently
+/// for different sandboxes; the engine never calls lifecycle methods concurrently for one.
+#[async_trait]
+pub trait Runtime: Send + Sync + 'static {
+    /// Whether `image` can be used.
+    fn has_image(&self, image: &Name) -> bool;
+    /// Creates and starts a sandbox. On error nothing of it is left on the host.
+    async fn create(&self, spec: &SandboxSpec) -> Result<(), RuntimeError>;
+    /// Starts a stopped sandbox again on its kept writable layer.
+    async fn start(&self, spec: &SandboxSpec) -> Result<(), RuntimeError>;
+    /// Kills every process of the sandbox and keeps its writable layer.
+    async fn stop(&self, id: &EnvironmentId) -> Result<(), RuntimeError>;
+    /// Removes everything of the sandbox; succeeds if there is nothing to remove.
+    async fn destroy(&self, id: &EnvironmentId) -> Result<(), RuntimeError>;
+    async fn exec(&self, id: &EnvironmentId, spec: &ExecSpec) -> Result<ExecOutput, RuntimeError>;
+    async fn inspect(&self, id: &EnvironmentId) -> Result<SandboxState, RuntimeError>;
+    /// Every sandbox this runtime has on the host, whether or not a record knows it.
+    async fn list(&self) -> Result<Vec<EnvironmentId>, RuntimeError>;
+}
+
+/// The time, injectable so tests control it.
+pub trait Clock: Send + Sync + 'static {
+    fn now(&self) -> DateTime<Utc>;
+}
+
+#[derive(Debug, Default, Clone, Copy)]
+pub struct SystemClock;
+
+impl Clock for SystemClock {
+    fn now(&self) -> DateTime<Utc> {
+        Utc::now()
+    }
+}
+
+/// A clock that moves only when told.
+#[derive(Debug)]
+pub struct ManualClock(Mutex<DateTime<Utc>>);
+
+impl ManualClock {
+    pub fn new(start: DateTime<Utc>) -> Self {
+        Self(Mutex::new(start))
+    }
+
+    pub fn advance(&self, by: chrono::Duration) {
+        *self.0.lock().expect("clock lock") += by;
+    }
+}
+
+impl Clock for ManualClock {
+    fn now(&self) -> DateTime<Utc> {
+        *self.0.lock().expect("clock lock")
+    }
+}

@@ -1,0 +1,284 @@
+//! The runtime helper: a short-lived, single-threaded process (`airlock __runtime <json>`) in
+//! which every libcontainer call that forks happens. The API server is multi-threaded, and
+//! forking there is unsafe; the helper is exec'd fresh for each create or exec, so it forks
+//! from a clean single thread. A sandbox's init is the helper's child and is re-parented when
+//! the helper exits, so sandboxes outlive both the helper and the server (like containerd's
+//! shims, without a resident process per sandbox).
+
+use std::collections::HashMap;
+use std::fs::File;
+use std::io::Write;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use libcontainer::container::builder::ContainerBuilder;
+use libcontainer::syscall::syscall::SyscallType;
+use serde::{Deserialize, Serialize};
+
+use crate::executor::SeccompExecutor;
+use crate::seccomp::CompiledProfile;
+
+/// The first argument that selects helper mode in the airlock binary.
+pub const HELPER_ARG: &str = "__runtime";
+
+/// The file descriptor on which an exec helper reports its [`ExecStatus`].
+pub const STATUS_FD: i32 = 3;
+
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "snake_case")]
+pub enum HelperRequest {
+    /// Create and start the sandbox described by `bundle/config.json`.
+    Create {
+        state_root: PathBuf,
+        id: String,
+        bundle: PathBuf,
+        seccomp: PathBuf,
+    },
+    /// Run a command in a running sandbox with the helper's stdio; report on fd 3.
+    Exec {
+        state_root: PathBuf,
+        id: String,
+        seccomp: PathBuf,
+        argv: Vec<String>,
+        env: HashMap<String, String>,
+        cwd: Option<PathBuf>,
+        timeout_ms: u64,
+    },
+}
+
+/// What an exec helper reports when it is done.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct ExecStatus {
+    pub exit_code: i32,
+    pub timed_out: bool,
+    /// Set when the command could not be started at all.
+    pub error: Option<String>,
+}
+
+/// Runs the helper; the return value is the process's exit code.
+pub fn main(request_json: &str) -> i32 {
+    let request: HelperRequest = match serde_json::from_str(request_json) {
+        Ok(request) => request,
+        Err(error) => {
+            eprintln!("airlock runtime helper: bad request: {error}");
+            return 2;
+        }
+    };
+    match request {
+        HelperRequest::Create {
+            state_root,
+            id,
+            bundle,
+            seccomp,
+        } => match create(&state_root, &id, &bundle, &seccomp) {
+            Ok(()) => 0,
+            Err(error) => {
+                eprintln!("{error}");
+                1
+            }
+        },
+        HelperRequest::Exec {
+            state_root,
+            id,
+            seccomp,
+            argv,
+            env,
+            cwd,
+            timeout_ms,
+        } => {
+            let status = exec(
+                &state_root,
+                &id,
+                &seccomp,
+                argv,
+                env,
+                cwd,
+                Duration::from_millis(timeout_ms),
+            );
+            // SAFETY: the server opens fd 3 for this process as the write end of a pipe, and
+            // nothing else in this process uses or closes it.
+            let mut status_pipe = unsafe { File::from_raw_fd(STATUS_FD) };
+            let _ = status_pipe.write_all(&serde_json::to_vec(&status).expect("status serializes"));
+            0
+        }
+    }
+}
+
+fn create(state_root: &Path, id: &str, bundle: &Path, seccomp: &Path) -> Result<(), String> {
+    let profile = CompiledProfile::load(seccomp).map_err(|error| error.to_string())?;
+    let dev_null = || -> Result<OwnedFd, String> {
+        File::options()
+            .read(true)
+            .write(true)
+            .open("/dev/null")
+            .map(OwnedFd::from)
+            .map_err(|error| error.to_string())
+    };
+    let mut container = ContainerBuilder::new(id.to_owned(), SyscallType::default())
+        .with_root_path(state_root)
+        .map_err(|error| format!("state root: {error}"))?
+        .with_executor(SeccompExecutor { profile })
+        .with_stdin(dev_null()?)
+        .with_stdout(dev_null()?)
+        .with_stderr(dev_null()?)
+        .validate_id()
+        .map_err(|error| format!("container id: {error}"))?
+        .as_init(bundle)
+        .with_systemd(false)
+        .with_detach(true)
+        .build()
+        .map_err(|error| format!("creating the container: {error}"))?;
+    let started = (|| {
+        let pid = container.pid().ok_or("the container has no init process")?;
+        bring_up_loopback(pid.as_raw())
+            .map_err(|error| format!("bringing up loopback: {error}"))?;
+        container
+            .start()
+            .map_err(|error| format!("starting the container: {error}"))
+    })();
+    if let Err(error) = started {
+        let _ = container.delete(true);
+        return Err(error);
+    }
+    Ok(())
+}
+
+/// A new network namespace starts with `lo` down (libcontainer leaves it so): bring it up
+/// from a thread that joins the sandbox's namespace, leaving the helper's own untouched.
+fn bring_up_loopback(pid: i32) -> Result<(), String> {
+    let namespace = File::open(format!("/proc/{pid}/ns/net")).map_err(|error| error.to_string())?;
+    std::thread::spawn(move || -> Result<(), String> {
+        nix::sched::setns(&namespace, nix::sched::CloneFlags::CLONE_NEWNET)
+            .map_err(|error| format!("setns: {error}"))?;
+        let socket = nix::sys::socket::socket(
+            nix::sys::socket::AddressFamily::Inet,
+            nix::sys::socket::SockType::Datagram,
+            nix::sys::socket::SockFlag::SOCK_CLOEXEC,
+            None,
+        )
+        .map_err(|error| format!("socket: {error}"))?;
+        // SAFETY: `ifreq` is plain old data; zeroed is a valid value. The ioctls read and
+        // write only that struct, whose name field gets a NUL-terminated "lo".
+        unsafe {
+            let mut request: libc::ifreq = std::mem::zeroed();
+            for (slot, byte) in request.ifr_name.iter_mut().zip(b"lo\0") {
+                *slot = *byte as libc::c_char;
+            }
+            if libc::ioctl(socket.as_raw_fd(), libc::SIOCGIFFLAGS, &mut request) < 0 {
+                return Err(format!("SIOCGIFFLAGS: {}", std::io::Error::last_os_error()));
+            }
+            request.ifr_ifru.ifru_flags |= libc::IFF_UP as libc::c_short;
+            if libc::ioctl(socket.as_raw_fd(), libc::SIOCSIFFLAGS, &request) < 0 {
+                return Err(format!("SIOCSIFFLAGS: {}", std::io::Error::last_os_error()));
+            }
+        }
+        Ok(())
+    })
+    .join()
+    .map_err(|_| "the loopback thread panicked".to_owned())?
+}
+
+fn exec(
+    state_root: &Path,
+    id: &str,
+    seccomp: &Path,
+    argv: Vec<String>,
+    env: HashMap<String, String>,
+    cwd: Option<PathBuf>,
+    timeout: Duration,
+) -> ExecStatus {
+    let failed = |error: String| ExecStatus {
+        exit_code: -1,
+        timed_out: false,
+        error: Some(error),
+    };
+    let profile = match CompiledProfile::load(seccomp) {
+        Ok(profile) => profile,
+        Err(error) => return failed(error.to_string()),
+    };
+    let builder = match ContainerBuilder::new(id.to_owned(), SyscallType::default())
+        .with_root_path(state_root)
+    {
+        Ok(builder) => builder,
+        Err(error) => return failed(format!("state root: {error}")),
+    };
+    let pid = match builder
+        .with_executor(SeccompExecutor { profile })
+        .as_tenant()
+        .with_container_args(argv)
+        .with_env(env)
+        .with_cwd(cwd)
+        .with_detach(false)
+        .build()
+    {
+        Ok(pid) => pid.as_raw(),
+        Err(libcontainer::error::LibcontainerError::IncorrectStatus(status)) => {
+            return failed(format!("the sandbox is {status:?}, not running"));
+        }
+        Err(libcontainer::error::LibcontainerError::NoDirectory) => {
+            return failed("the sandbox is not running".into());
+        }
+        Err(error) => {
+            // The command could not start (missing program, bad cwd): report it the way a
+            // shell does, as exit code 127 with the reason on stderr.
+            eprintln!("airlock: {error}");
+            return ExecStatus {
+                exit_code: 127,
+                timed_out: false,
+                error: None,
+            };
+        }
+    };
+    let timed_out = !wait_with_deadline(pid, Instant::now() + timeout);
+    if timed_out {
+        crate::process_tree::kill_tree(pid);
+    }
+    let mut status = 0;
+    // SAFETY: `pid` is this process's child (libcontainer creates the tenant as our child);
+    // `status` is a valid out-pointer.
+    unsafe { libc::waitpid(pid, &mut status, 0) };
+    let exit_code = if libc::WIFEXITED(status) {
+        libc::WEXITSTATUS(status)
+    } else if libc::WIFSIGNALED(status) {
+        128 + libc::WTERMSIG(status)
+    } else {
+        -1
+    };
+    ExecStatus {
+        exit_code,
+        timed_out,
+        error: None,
+    }
+}
+
+/// Waits for the child to exit without reaping it; false when the deadline passed first.
+fn wait_with_deadline(pid: i32, deadline: Instant) -> bool {
+    // SAFETY: pidfd_open takes a pid and flags and returns a new fd or -1.
+    let pidfd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) } as i32;
+    if pidfd < 0 {
+        return true; // already gone
+    }
+    // SAFETY: pidfd_open just returned this fd to us; we own it.
+    let pidfd = unsafe { OwnedFd::from_raw_fd(pidfd) };
+    loop {
+        let remaining = deadline.saturating_duration_since(Instant::now());
+        if remaining.is_zero() {
+            return false;
+        }
+        let mut poll = libc::pollfd {
+            fd: pidfd.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        let millis = remaining.as_millis().clamp(1, i32::MAX as u128) as i32;
+        // SAFETY: one valid pollfd.
+        let ready = unsafe { libc::poll(&mut poll, 1, millis) };
+        if ready > 0 {
+            return true;
+        }
+        if ready < 0 && std::io::Error::last_os_error().kind() != std::io::ErrorKind::Interrupted {
+            return true;
+        }
+    }
+}

@@ -1,0 +1,15 @@
+//! Sandbox backends behind the core's `Runtime` port: the local backend (youki's libcontainer,
+//! overlayfs, cgroups, a precompiled seccomp profile) and a fake for tests without root.
+
+mod executor;
+pub mod fake;
+pub mod helper;
+pub mod image;
+mod local;
+mod mounts;
+pub mod oci;
+mod process_tree;
+pub mod seccomp;
+
+pub use fake::FakeRuntime;
+pub use local::{LocalConfig, LocalRuntime};

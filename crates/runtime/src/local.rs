@@ -1,0 +1,460 @@
+//! The local backend: sandboxes on this host, made by youki's libcontainer.
+//!
+//! On disk, under `<data-dir>/runtime/`:
+//! - `state/<id>/`: libcontainer's state of each running sandbox;
+//! - `sandboxes/<id>/`: `bundle/config.json`, the overlay `upper/<n>` and `work/<n>` of each
+//!   image layer, and `rootfs/`, where the overlays are mounted while the sandbox runs;
+//! - `images/<name>/`: image trees; `airlock-init`, `seccomp.bpf`: shared by all sandboxes.
+//!
+//! Overlay mounts live in the host's mount namespace, made and removed by the server;
+//! everything that forks (create, exec) runs in the helper process (`helper.rs`). Kill and
+//! delete do not fork and run here, on blocking threads.
+
+use std::collections::HashMap;
+use std::fs;
+use std::io::Read;
+use std::os::fd::AsRawFd;
+use std::os::unix::fs::PermissionsExt;
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use airlock_core::ids::{EnvironmentId, Name};
+use airlock_core::model::{ExecOutput, ExecSpec};
+use airlock_core::ports::{Runtime, RuntimeError, SandboxSpec, SandboxState};
+use async_trait::async_trait;
+use libcontainer::container::{Container, ContainerStatus};
+use libcontainer::signal::Signal;
+use sha2::{Digest, Sha256};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
+use tokio::process::Command;
+
+use crate::helper::{ExecStatus, HELPER_ARG, HelperRequest, STATUS_FD};
+use crate::image::{self, Image};
+use crate::mounts;
+use crate::oci::{self, SpecInputs};
+use crate::seccomp::CompiledProfile;
+
+/// The sandbox init, built by `build.rs`.
+const INIT_BINARY: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/airlock-init"));
+
+#[derive(Debug, Clone)]
+pub struct LocalConfig {
+    /// `<data-dir>/runtime`.
+    pub root: PathBuf,
+    /// The airlock executable, run as the helper (`airlock __runtime …`).
+    pub helper: PathBuf,
+}
+
+pub struct LocalRuntime {
+    root: PathBuf,
+    helper: PathBuf,
+    images: HashMap<String, Image>,
+    /// Parent of every sandbox's cgroup, distinct per data directory so that two airlock
+    /// instances on one host never touch each other's sandboxes.
+    cgroup_parent: String,
+}
+
+fn failed(context: &str, error: impl std::fmt::Display) -> RuntimeError {
+    RuntimeError::Failed(format!("{context}: {error}"))
+}
+
+impl LocalRuntime {
+    /// Prepares the runtime directory: installs the init binary, compiles the seccomp
+    /// profile and builds the default image. Fails if this host cannot run sandboxes.
+    pub fn open(config: LocalConfig) -> Result<Self, RuntimeError> {
+        let root = config.root;
+        for dir in ["state", "sandboxes", "images"] {
+            fs::create_dir_all(root.join(dir))
+                .map_err(|e| failed("creating the runtime directory", e))?;
+        }
+        fs::set_permissions(&root, fs::Permissions::from_mode(0o700))
+            .map_err(|e| failed("securing the runtime directory", e))?;
+        let root = root
+            .canonicalize()
+            .map_err(|e| failed("resolving the runtime directory", e))?;
+        let text = root.to_string_lossy();
+        if text.contains([',', ':', '\n']) {
+            return Err(RuntimeError::Failed(format!(
+                "the data directory {text:?} must not contain ',' or ':' (overlayfs options)"
+            )));
+        }
+        // libcontainer puts a unix socket at state/<id>/notify.sock; sun_path holds 107 bytes.
+        if text.len() + "/state/".len() + 30 + "/notify.sock".len() > 107 {
+            return Err(RuntimeError::Failed(format!(
+                "the data directory path {text:?} is too long for the runtime's sockets"
+            )));
+        }
+
+        let init = root.join("airlock-init");
+        if fs::read(&init).ok().as_deref() != Some(INIT_BINARY) {
+            let temporary = root.join("airlock-init.tmp");
+            fs::write(&temporary, INIT_BINARY)
+                .map_err(|e| failed("installing the sandbox init", e))?;
+            fs::set_permissions(&temporary, fs::Permissions::from_mode(0o755))
+                .map_err(|e| failed("installing the sandbox init", e))?;
+            fs::rename(&temporary, &init).map_err(|e| failed("installing the sandbox init", e))?;
+        }
+        CompiledProfile::compile()
+            .and_then(|profile| profile.save(&root.join("seccomp.bpf")))
+            .map_err(|e| failed("preparing the seccomp profile", e))?;
+
+        let default = image::build_default(&root.join("images/default"))
+            .map_err(|e| failed("building the default image", e))?;
+        let digest = Sha256::digest(root.to_string_lossy().as_bytes());
+        let instance: String = digest
+            .iter()
+            .take(6)
+            .map(|byte| format!("{byte:02x}"))
+            .collect();
+        Ok(Self {
+            root,
+            helper: config.helper,
+            images: HashMap::from([(default.name.clone(), default)]),
+            cgroup_parent: format!("/airlock/{instance}"),
+        })
+    }
+
+    fn sandbox_dir(&self, id: &EnvironmentId) -> PathBuf {
+        self.root.join("sandboxes").join(id.as_str())
+    }
+
+    fn state_root(&self) -> PathBuf {
+        self.root.join("state")
+    }
+
+    fn seccomp_path(&self) -> PathBuf {
+        self.root.join("seccomp.bpf")
+    }
+
+    fn image(&self, name: &Name) -> Result<&Image, RuntimeError> {
+        self.images
+            .get(name.as_str())
+            .ok_or_else(|| RuntimeError::Failed(format!("unknown image {name}")))
+    }
+
+    /// Mounts the sandbox's overlays and writes its spec; the directories must exist.
+    fn prepare(&self, spec: &SandboxSpec) -> Result<(), RuntimeError> {
+        let image = self.image(&spec.image)?;
+        let dir = self.sandbox_dir(&spec.id);
+        let rootfs = dir.join("rootfs");
+        mounts::unmount_all_under(&rootfs).map_err(|e| failed("clearing old mounts", e))?;
+        for (index, layer) in image.layers.iter().enumerate() {
+            let upper = dir.join("upper").join(index.to_string());
+            let work = dir.join("work").join(index.to_string());
+            for path in [&upper, &work] {
+                fs::create_dir_all(path).map_err(|e| failed("creating the writable layer", e))?;
+            }
+            let target = rootfs.join(layer.target.trim_start_matches('/'));
+            mounts::mount_overlay(&layer.lower, &upper, &work, &target)
+                .map_err(|e| failed("mounting the root filesystem", e))?;
+        }
+        let bundle = dir.join("bundle");
+        fs::create_dir_all(&bundle).map_err(|e| failed("creating the bundle", e))?;
+        let config = oci::sandbox_spec(&SpecInputs {
+            rootfs: &rootfs,
+            hostname: spec.hostname.as_str(),
+            init_binary: &self.root.join("airlock-init"),
+            cgroup_path: &format!("{}/{}", self.cgroup_parent, spec.id),
+            resources: spec.resources,
+        });
+        fs::write(
+            bundle.join("config.json"),
+            serde_json::to_vec(&config).expect("spec serializes"),
+        )
+        .map_err(|e| failed("writing the bundle", e))?;
+        Ok(())
+    }
+
+    async fn run_create_helper(&self, spec: &SandboxSpec) -> Result<(), RuntimeError> {
+        let request = HelperRequest::Create {
+            state_root: self.state_root(),
+            id: spec.id.to_string(),
+            bundle: self.sandbox_dir(&spec.id).join("bundle"),
+            seccomp: self.seccomp_path(),
+        };
+        let output = self
+            .helper_command(&request)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .output()
+            .await
+            .map_err(|e| failed("running the runtime helper", e))?;
+        if output.status.success() {
+            Ok(())
+        } else {
+            Err(RuntimeError::Failed(
+                String::from_utf8_lossy(&output.stderr).trim().to_owned(),
+            ))
+        }
+    }
+
+    fn helper_command(&self, request: &HelperRequest) -> Command {
+        let mut command = Command::new(&self.helper);
+        command
+            .arg(HELPER_ARG)
+            .arg(serde_json::to_string(request).expect("request serializes"))
+            .env_clear()
+            .kill_on_drop(true);
+        if let Some(filter) = std::env::var_os("AIRLOCK_HELPER_LOG") {
+            command.env("AIRLOCK_HELPER_LOG", filter);
+        }
+        command
+    }
+
+    /// Starts the sandbox on prepared directories; on failure unmounts what `prepare` mounted
+    /// and removes libcontainer's leftovers, keeping the writable layer.
+    async fn boot(&self, spec: &SandboxSpec) -> Result<(), RuntimeError> {
+        let booted = match self.prepare(spec) {
+            Ok(()) => self.run_create_helper(spec).await,
+            Err(error) => Err(error),
+        };
+        if let Err(error) = booted {
+            let _ = self.kill_and_forget(&spec.id).await;
+            let _ = mounts::unmount_all_under(&self.sandbox_dir(&spec.id).join("rootfs"));
+            return Err(error);
+        }
+        Ok(())
+    }
+
+    /// Kills the sandbox's processes and deletes libcontainer's state and cgroups.
+    async fn kill_and_forget(&self, id: &EnvironmentId) -> Result<(), RuntimeError> {
+        let container_root = self.state_root().join(id.as_str());
+        if !container_root.exists() {
+            return Ok(());
+        }
+        tokio::task::spawn_blocking(move || -> Result<(), RuntimeError> {
+            let mut container = match Container::load(container_root.clone()) {
+                Ok(container) => container,
+                // A half-written state directory: nothing can run from it.
+                Err(_) => {
+                    return fs::remove_dir_all(&container_root)
+                        .map_err(|e| failed("removing sandbox state", e));
+                }
+            };
+            if container.status() != ContainerStatus::Stopped
+                && container.status() != ContainerStatus::Creating
+            {
+                let _ = container.kill(Signal::try_from("SIGKILL").expect("SIGKILL"), true);
+            }
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while container.status() != ContainerStatus::Stopped && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(2));
+                container
+                    .refresh_status()
+                    .map_err(|e| failed("reading sandbox status", e))?;
+            }
+            container
+                .delete(true)
+                .map_err(|e| failed("deleting the sandbox", e))
+        })
+        .await
+        .map_err(|e| failed("joining the delete task", e))?
+    }
+}
+
+#[async_trait]
+impl Runtime for LocalRuntime {
+    fn has_image(&self, image: &Name) -> bool {
+        self.images.contains_key(image.as_str())
+    }
+
+    async fn create(&self, spec: &SandboxSpec) -> Result<(), RuntimeError> {
+        let dir = self.sandbox_dir(&spec.id);
+        fs::create_dir(&dir).map_err(|e| failed("creating the sandbox directory", e))?;
+        fs::set_permissions(&dir, fs::Permissions::from_mode(0o700))
+            .map_err(|e| failed("securing the sandbox directory", e))?;
+        if let Err(error) = self.boot(spec).await {
+            let _ = fs::remove_dir_all(&dir);
+            return Err(error);
+        }
+        Ok(())
+    }
+
+    async fn start(&self, spec: &SandboxSpec) -> Result<(), RuntimeError> {
+        if !self.sandbox_dir(&spec.id).exists() {
+            return Err(RuntimeError::Missing);
+        }
+        self.boot(spec).await
+    }
+
+    async fn stop(&self, id: &EnvironmentId) -> Result<(), RuntimeError> {
+        self.kill_and_forget(id).await?;
+        mounts::unmount_all_under(&self.sandbox_dir(id).join("rootfs"))
+            .map_err(|e| failed("unmounting", e))
+    }
+
+    async fn destroy(&self, id: &EnvironmentId) -> Result<(), RuntimeError> {
+        self.kill_and_forget(id).await?;
+        let dir = self.sandbox_dir(id);
+        mounts::unmount_all_under(&dir).map_err(|e| failed("unmounting", e))?;
+        match fs::remove_dir_all(&dir) {
+            Ok(()) => Ok(()),
+            Err(error) if error.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(error) => Err(failed("removing the sandbox directory", error)),
+        }
+    }
+
+    async fn exec(&self, id: &EnvironmentId, spec: &ExecSpec) -> Result<ExecOutput, RuntimeError> {
+        let started = Instant::now();
+        let request = HelperRequest::Exec {
+            state_root: self.state_root(),
+            id: id.to_string(),
+            seccomp: self.seccomp_path(),
+            argv: spec.argv.clone(),
+            env: spec.env.clone().into_iter().collect(),
+            cwd: spec.cwd.as_ref().map(PathBuf::from),
+            timeout_ms: spec.timeout.as_millis() as u64,
+        };
+        let (status_read, status_write) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)
+            .map_err(|e| failed("creating a pipe", e))?;
+        let status_write_fd = status_write.as_raw_fd();
+        let mut command = self.helper_command(&request);
+        command
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        // SAFETY: between fork and exec only dup2, which is async-signal-safe, runs; it makes
+        // the status pipe the child's fd 3 (dup2 clears close-on-exec on the copy).
+        unsafe {
+            command.pre_exec(move || {
+                if libc::dup2(status_write_fd, STATUS_FD) < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        let mut child = command
+            .spawn()
+            .map_err(|e| failed("running the runtime helper", e))?;
+        drop(status_write);
+
+        let mut stdin = child.stdin.take().expect("piped stdin");
+        let input = spec.stdin.clone();
+        let writer = tokio::spawn(async move {
+            let _ = stdin.write_all(&input).await;
+        });
+        let limit = spec.output_limit;
+        let stdout = capture(child.stdout.take().expect("piped stdout"), limit);
+        let stderr = capture(child.stderr.take().expect("piped stderr"), limit);
+
+        // The helper enforces the timeout itself; this bound only guards against a stuck helper.
+        let guard = spec.timeout + Duration::from_secs(30);
+        let exited = tokio::time::timeout(guard, child.wait()).await;
+        writer.abort();
+        if exited.is_err() {
+            let _ = child.kill().await;
+            return Err(RuntimeError::Failed(
+                "the runtime helper did not finish".into(),
+            ));
+        }
+        let mut status_pipe = std::fs::File::from(status_read);
+        let mut status_text = Vec::new();
+        status_pipe
+            .read_to_end(&mut status_text)
+            .map_err(|e| failed("reading the exec status", e))?;
+        let status: ExecStatus = serde_json::from_slice(&status_text)
+            .map_err(|_| RuntimeError::Failed("the runtime helper reported nothing".into()))?;
+        if let Some(error) = status.error {
+            return Err(if error.contains("not running") {
+                RuntimeError::NotRunning
+            } else {
+                RuntimeError::Failed(error)
+            });
+        }
+        let (stdout, out_truncated) = finish_capture(stdout).await;
+        let (stderr, err_truncated) = finish_capture(stderr).await;
+        Ok(ExecOutput {
+            exit_code: status.exit_code,
+            stdout,
+            stderr,
+            truncated: out_truncated || err_truncated,
+            timed_out: status.timed_out,
+            duration: started.elapsed(),
+        })
+    }
+
+    async fn inspect(&self, id: &EnvironmentId) -> Result<SandboxState, RuntimeError> {
+        let container_root = self.state_root().join(id.as_str());
+        if container_root.exists() {
+            let status = tokio::task::spawn_blocking(move || {
+                Container::load(container_root).map(|container| container.status())
+            })
+            .await
+            .map_err(|e| failed("joining the inspect task", e))?;
+            return Ok(match status {
+                Ok(ContainerStatus::Running) => SandboxState::Running,
+                _ => SandboxState::Stopped,
+            });
+        }
+        Ok(if self.sandbox_dir(id).exists() {
+            SandboxState::Stopped
+        } else {
+            SandboxState::Missing
+        })
+    }
+
+    async fn list(&self) -> Result<Vec<EnvironmentId>, RuntimeError> {
+        let mut ids = std::collections::BTreeSet::new();
+        for dir in [self.state_root(), self.root.join("sandboxes")] {
+            for entry in fs::read_dir(&dir).map_err(|e| failed("listing sandboxes", e))? {
+                let entry = entry.map_err(|e| failed("listing sandboxes", e))?;
+                match EnvironmentId::parse(&entry.file_name().to_string_lossy()) {
+                    Ok(id) => {
+                        ids.insert(id);
+                    }
+                    Err(_) => {
+                        tracing::warn!(path = %entry.path().display(), "ignoring a foreign entry in the runtime directory")
+                    }
+                }
+            }
+        }
+        Ok(ids.into_iter().collect())
+    }
+}
+
+/// What has been read of one output stream: the kept bytes, and whether any were dropped.
+type Captured = std::sync::Arc<std::sync::Mutex<(Vec<u8>, bool)>>;
+
+/// Reads a stream to its end into `captured`, keeping at most `limit` bytes.
+async fn read_capped(mut stream: impl AsyncRead + Unpin, limit: usize, captured: Captured) {
+    let mut buffer = vec![0u8; 64 * 1024];
+    loop {
+        match stream.read(&mut buffer).await {
+            Ok(0) | Err(_) => break,
+            Ok(n) => {
+                let mut captured = captured.lock().expect("capture lock");
+                let room = limit.saturating_sub(captured.0.len());
+                captured.0.extend_from_slice(&buffer[..n.min(room)]);
+                captured.1 |= n > room;
+            }
+        }
+    }
+}
+
+fn capture(
+    stream: impl AsyncRead + Unpin + Send + 'static,
+    limit: usize,
+) -> (tokio::task::JoinHandle<()>, Captured) {
+    let captured = Captured::default();
+    (
+        tokio::spawn(read_capped(stream, limit, captured.clone())),
+        captured,
+    )
+}
+
+/// Waits briefly for a stream to end (a background process the command left may hold it
+/// open), then takes what arrived.
+async fn finish_capture(
+    (task, captured): (tokio::task::JoinHandle<()>, Captured),
+) -> (Vec<u8>, bool) {
+    let abort = task.abort_handle();
+    if tokio::time::timeout(Duration::from_millis(250), task)
+        .await
+        .is_err()
+    {
+        abort.abort();
+    }
+    std::mem::take(&mut *captured.lock().expect("capture lock"))
+}

@@ -1,0 +1,135 @@
+//! The one mapping from errors to HTTP: every error leaves as an RFC 9457 problem document with
+//! a stable `type`. Client errors say what was wrong; internal errors say nothing more than
+//! that, and are logged (with the request id of the surrounding span).
+
+use airlock_api::Problem;
+use airlock_core::Error;
+use axum::Json;
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+
+pub const PROBLEM_JSON: &str = "application/problem+json";
+
+#[derive(Debug)]
+pub enum ApiError {
+    /// An error of the core, from an action or from authentication.
+    Core(Error),
+    /// A request refused before it could become an action (unreadable body, wrong media type,
+    /// unknown route), with the status the refusal calls for.
+    Rejected {
+        status: StatusCode,
+        slug: &'static str,
+        detail: String,
+    },
+}
+
+impl From<Error> for ApiError {
+    fn from(error: Error) -> Self {
+        ApiError::Core(error)
+    }
+}
+
+impl ApiError {
+    pub fn status(&self) -> StatusCode {
+        match self {
+            ApiError::Core(error) => match error {
+                Error::Invalid(_) => StatusCode::BAD_REQUEST,
+                Error::Unauthenticated => StatusCode::UNAUTHORIZED,
+                Error::Forbidden(_) => StatusCode::FORBIDDEN,
+                Error::NotFound { .. } => StatusCode::NOT_FOUND,
+                Error::Conflict(_) => StatusCode::CONFLICT,
+                Error::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+                Error::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            },
+            ApiError::Rejected { status, .. } => *status,
+        }
+    }
+
+    /// The core error this stands for, for the audit trail.
+    pub fn as_core(&self) -> Error {
+        match self {
+            ApiError::Core(error) => match error {
+                Error::Invalid(invalid) => Error::Invalid(invalid.clone()),
+                Error::Unauthenticated => Error::Unauthenticated,
+                Error::Forbidden(text) => Error::Forbidden(text.clone()),
+                Error::NotFound { kind } => Error::NotFound { kind },
+                Error::Conflict(text) => Error::Conflict(text.clone()),
+                Error::Unavailable(text) => Error::Unavailable(text.clone()),
+                Error::Internal(text) => Error::Internal(text.clone()),
+            },
+            ApiError::Rejected { status, detail, .. } if *status == StatusCode::NOT_FOUND => {
+                let _ = detail;
+                Error::NotFound { kind: "route" }
+            }
+            ApiError::Rejected { detail, .. } => {
+                Error::Invalid(airlock_core::Invalid::new("request", detail.clone()))
+            }
+        }
+    }
+
+    fn problem(&self) -> (&'static str, &'static str, Option<String>) {
+        match self {
+            ApiError::Core(error) => match error {
+                Error::Invalid(invalid) => (
+                    "invalid-request",
+                    "The request is invalid",
+                    Some(invalid.to_string()),
+                ),
+                Error::Unauthenticated => (
+                    "unauthenticated",
+                    "Authentication required",
+                    Some("send a valid token as `Authorization: Bearer <token>`".into()),
+                ),
+                Error::Forbidden(text) => ("forbidden", "Not allowed", Some(text.clone())),
+                Error::NotFound { kind } => {
+                    ("not-found", "Not found", Some(format!("{kind} not found")))
+                }
+                Error::Conflict(text) => (
+                    "conflict",
+                    "Conflict with the current state",
+                    Some(text.clone()),
+                ),
+                Error::Unavailable(text) => {
+                    ("unavailable", "Temporarily unavailable", Some(text.clone()))
+                }
+                Error::Internal(text) => {
+                    tracing::error!(error = %text, "internal error");
+                    ("internal", "Internal error", None)
+                }
+            },
+            ApiError::Rejected { slug, detail, .. } => {
+                (slug, "The request was refused", Some(detail.clone()))
+            }
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let status = self.status();
+        let (slug, title, detail) = self.problem();
+        let body = Problem {
+            kind: format!("urn:airlock:problem:{slug}"),
+            title: title.into(),
+            status: status.as_u16(),
+            detail,
+            instance: None,
+        };
+        let mut response = (status, Json(body)).into_response();
+        let headers = response.headers_mut();
+        headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(PROBLEM_JSON));
+        match status {
+            StatusCode::UNAUTHORIZED => {
+                headers.insert(
+                    header::WWW_AUTHENTICATE,
+                    HeaderValue::from_static("Bearer realm=\"airlock\""),
+                );
+            }
+            StatusCode::SERVICE_UNAVAILABLE | StatusCode::TOO_MANY_REQUESTS => {
+                headers.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+            }
+            _ => {}
+        }
+        response
+    }
+}

@@ -1,0 +1,151 @@
+//! airlock's HTTP server, the only crate that knows HTTP: routes, the error mapping, the
+//! OpenAPI document, and start-up (store, runtime, first admin, reconciliation, serving).
+
+mod convert;
+mod error;
+mod extract;
+mod handlers;
+mod openapi;
+mod startup;
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use airlock_core::Engine;
+use axum::Router;
+use axum::extract::{ConnectInfo, DefaultBodyLimit, Request, State};
+use axum::http::{HeaderValue, StatusCode};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{delete, get, post};
+use tokio::net::TcpListener;
+use tracing::Instrument;
+
+pub use startup::{ServerConfig, Started, run, start};
+
+use crate::error::ApiError;
+use crate::extract::RequestId;
+
+/// Largest request body accepted: an exec's stdin up to the 1 MiB input limit, JSON-escaped.
+const BODY_LIMIT: usize = 4 * 1024 * 1024;
+
+#[derive(Clone)]
+pub struct AppState {
+    pub engine: Arc<Engine>,
+}
+
+/// The whole HTTP surface.
+pub fn build_app(state: AppState) -> Router {
+    Router::new()
+        .route("/healthz", get(handlers::healthz))
+        .route("/readyz", get(handlers::readyz))
+        .route("/v1/openapi.json", get(openapi::serve))
+        .route(
+            "/v1/environments",
+            post(handlers::create_environment).get(handlers::list_environments),
+        )
+        .route(
+            "/v1/environments/{id}",
+            get(handlers::get_environment).delete(handlers::delete_environment),
+        )
+        .route(
+            "/v1/environments/{id}/stop",
+            post(handlers::stop_environment),
+        )
+        .route(
+            "/v1/environments/{id}/start",
+            post(handlers::start_environment),
+        )
+        .route("/v1/environments/{id}/exec", post(handlers::exec))
+        .route("/v1/users", post(handlers::create_user))
+        .route("/v1/tokens", post(handlers::create_token))
+        .route("/v1/tokens/{id}", delete(handlers::revoke_token))
+        .route("/v1/whoami", get(handlers::whoami))
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(DefaultBodyLimit::max(BODY_LIMIT))
+        .layer(middleware::from_fn(request_id))
+        .with_state(state)
+}
+
+/// Serves `app` on `listener` until `shutdown` resolves, then finishes in-flight requests.
+pub async fn serve(
+    listener: TcpListener,
+    app: Router,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    axum::serve(
+        listener,
+        app.into_make_service_with_connect_info::<SocketAddr>(),
+    )
+    .with_graceful_shutdown(shutdown)
+    .await
+}
+
+/// Gives every request an id (in the `x-request-id` response header, the log span and the
+/// audit record).
+async fn request_id(mut request: Request, next: Next) -> Response {
+    let id = ulid::Ulid::new().to_string().to_ascii_lowercase();
+    request.extensions_mut().insert(RequestId(id.clone()));
+    let span = tracing::info_span!("request", request_id = %id, method = %request.method(), path = %request.uri().path());
+    let mut response = next.run(request).instrument(span.clone()).await;
+    span.in_scope(|| tracing::debug!(status = response.status().as_u16(), "answered"));
+    if let Ok(value) = HeaderValue::from_str(&id) {
+        response.headers_mut().insert("x-request-id", value);
+    }
+    response
+}
+
+async fn not_found(State(state): State<AppState>, request: Request) -> Response {
+    refuse_route(
+        &state,
+        request,
+        StatusCode::NOT_FOUND,
+        "not-found",
+        "no such route",
+    )
+    .await
+}
+
+async fn method_not_allowed(State(state): State<AppState>, request: Request) -> Response {
+    refuse_route(
+        &state,
+        request,
+        StatusCode::METHOD_NOT_ALLOWED,
+        "method-not-allowed",
+        "this route does not take that method",
+    )
+    .await
+}
+
+async fn refuse_route(
+    state: &AppState,
+    request: Request,
+    status: StatusCode,
+    slug: &'static str,
+    detail: &str,
+) -> Response {
+    let origin = airlock_core::Origin {
+        request_id: request
+            .extensions()
+            .get::<RequestId>()
+            .map(|id| id.0.clone())
+            .unwrap_or_default(),
+        source: request
+            .extensions()
+            .get::<ConnectInfo<SocketAddr>>()
+            .map(|info| info.0.ip().to_string()),
+    };
+    let error = ApiError::Rejected {
+        status,
+        slug,
+        detail: detail.into(),
+    };
+    let action = format!("{} {}", request.method(), request.uri().path());
+    state
+        .engine
+        .record_refusal(&origin, None, &action, &error.as_core())
+        .await;
+    error.into_response()
+}

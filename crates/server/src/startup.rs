@@ -1,0 +1,166 @@
+//! Start-up and shutdown: the data directory, the store, the runtime, the first admin token,
+//! reconciliation before the first request, the periodic reconciler, and the listener.
+
+use std::fs;
+use std::io::Write;
+use std::net::SocketAddr;
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use airlock_core::Engine;
+use airlock_core::policy::Limits;
+use airlock_core::ports::{Runtime, SystemClock};
+use airlock_runtime::{LocalConfig, LocalRuntime};
+use airlock_store::SqliteStore;
+use anyhow::{Context, Result, bail};
+use nix::fcntl::{Flock, FlockArg};
+use tokio::net::TcpListener;
+
+use crate::{AppState, build_app, serve};
+
+/// Everything the server needs to start, validated by the caller (the CLI).
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    pub data_dir: PathBuf,
+    pub listen: SocketAddr,
+    /// The airlock executable, run as the runtime helper.
+    pub helper: PathBuf,
+    pub limits: Limits,
+    pub reconcile_every: Duration,
+}
+
+/// A started server: where it listens, and the admin secret if this start created it.
+pub struct Started {
+    pub address: SocketAddr,
+    pub admin_token: Option<String>,
+    pub admin_token_path: PathBuf,
+    pub engine: Arc<Engine>,
+    listener: TcpListener,
+    _lock: Flock<fs::File>,
+}
+
+/// Opens everything and reconciles, but does not serve yet.
+pub async fn start(config: ServerConfig) -> Result<Started> {
+    fs::create_dir_all(&config.data_dir)
+        .with_context(|| format!("creating {}", config.data_dir.display()))?;
+    fs::set_permissions(&config.data_dir, fs::Permissions::from_mode(0o700))
+        .context("securing the data directory")?;
+    let lock = lock_data_dir(&config.data_dir)?;
+
+    let store = SqliteStore::open(&config.data_dir.join("airlock.db"))
+        .await
+        .context("opening the database")?;
+    let runtime = LocalRuntime::open(LocalConfig {
+        root: config.data_dir.join("runtime"),
+        helper: config.helper.clone(),
+    })
+    .context(
+        "preparing the local isolation backend (it needs root, namespaces, cgroups and overlayfs)",
+    )?;
+    let runtime: Arc<dyn Runtime> = Arc::new(runtime);
+    let engine = Arc::new(Engine::new(
+        Arc::new(store),
+        runtime,
+        Arc::new(SystemClock),
+        config.limits.clone(),
+    ));
+
+    let report = engine
+        .reconcile()
+        .await
+        .context("reconciling records with sandboxes")?;
+    if report != Default::default() {
+        tracing::warn!(?report, "reconciled at start");
+    }
+
+    let admin_token_path = config.data_dir.join("admin-token");
+    let admin_token = match engine
+        .bootstrap_admin()
+        .await
+        .context("creating the first admin")?
+    {
+        Some((_, secret)) => {
+            let mut file = fs::OpenOptions::new()
+                .write(true)
+                .create(true)
+                .truncate(true)
+                .mode(0o600)
+                .open(&admin_token_path)
+                .context("writing the admin token file")?;
+            writeln!(file, "{}", secret.expose()).context("writing the admin token file")?;
+            Some(secret.expose().to_owned())
+        }
+        None => None,
+    };
+
+    let listener = TcpListener::bind(config.listen)
+        .await
+        .with_context(|| format!("listening on {}", config.listen))?;
+    let address = listener.local_addr()?;
+    Ok(Started {
+        address,
+        admin_token,
+        admin_token_path,
+        engine,
+        listener,
+        _lock: lock,
+    })
+}
+
+/// Serves a started server until SIGINT or SIGTERM, reconciling periodically. Sandboxes keep
+/// running after the server stops.
+pub async fn run(started: Started, reconcile_every: Duration) -> Result<()> {
+    let engine = started.engine.clone();
+    let reconciler = tokio::spawn(async move {
+        let mut interval = tokio::time::interval(reconcile_every);
+        interval.tick().await;
+        loop {
+            interval.tick().await;
+            match engine.reconcile().await {
+                Ok(report) if report != Default::default() => tracing::warn!(?report, "reconciled"),
+                Ok(_) => {}
+                Err(error) => tracing::error!(%error, "reconciliation failed"),
+            }
+        }
+    });
+    let app = build_app(AppState {
+        engine: started.engine.clone(),
+    });
+    serve(started.listener, app, shutdown_signal())
+        .await
+        .context("serving")?;
+    reconciler.abort();
+    tracing::info!("stopped; environments keep running");
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut terminate = signal(SignalKind::terminate()).expect("SIGTERM handler");
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = terminate.recv() => {}
+    }
+    tracing::info!("shutting down: finishing requests in flight");
+}
+
+/// One server per data directory: a second would reconcile away the first one's sandboxes.
+/// The lock lasts as long as the returned guard.
+fn lock_data_dir(data_dir: &std::path::Path) -> Result<Flock<fs::File>> {
+    let file = fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .mode(0o600)
+        .open(data_dir.join("airlock.lock"))
+        .context("opening the lock file")?;
+    match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
+        Ok(lock) => Ok(lock),
+        Err((_, nix::errno::Errno::EWOULDBLOCK)) => {
+            bail!("another airlock server is using {}", data_dir.display())
+        }
+        Err((_, error)) => Err(error).context("locking the data directory"),
+    }
+}
