@@ -54,6 +54,11 @@ enum Command {
     Token(commands::TokenCommand),
     /// Show who the current token belongs to.
     Whoami,
+    /// Destroy every environment's sandbox in a data directory (the server must be stopped).
+    Purge {
+        #[arg(long, env = "AIRLOCK_DATA_DIR", default_value_os_t = default_data_dir())]
+        data_dir: PathBuf,
+    },
     /// Save the server URL and a token to the config file.
     Login {
         #[arg(long)]
@@ -111,6 +116,11 @@ fn main() -> ExitCode {
             Command::Token(command) => commands::token(&cli.connection, command).await,
             Command::Whoami => commands::whoami(&cli.connection).await,
             Command::Login { url, token } => commands::login(&url, &token).map(|()| 0),
+            Command::Purge { data_dir } => {
+                let count = airlock_server::purge(&data_dir, std::env::current_exe()?).await?;
+                println!("destroyed {count} sandboxes");
+                Ok(0)
+            }
         }
     });
     match result {

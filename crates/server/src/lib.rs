@@ -22,7 +22,7 @@ use axum::routing::{delete, get, post};
 use tokio::net::TcpListener;
 use tracing::Instrument;
 
-pub use startup::{ServerConfig, Started, run, start};
+pub use startup::{ServerConfig, Started, purge, run, start};
 
 use crate::error::ApiError;
 use crate::extract::RequestId;

@@ -146,6 +146,24 @@ async fn shutdown_signal() {
     tracing::info!("shutting down: finishing requests in flight");
 }
 
+/// Destroys every sandbox of a data directory (for uninstalling, or after tests). The server
+/// must be stopped: this takes the same lock.
+pub async fn purge(data_dir: &std::path::Path, helper: PathBuf) -> Result<usize> {
+    let _lock = lock_data_dir(data_dir)?;
+    let runtime = LocalRuntime::open(LocalConfig {
+        root: data_dir.join("runtime"),
+        helper,
+    })?;
+    let sandboxes = runtime.list().await?;
+    for id in &sandboxes {
+        runtime
+            .destroy(id)
+            .await
+            .with_context(|| format!("destroying {id}"))?;
+    }
+    Ok(sandboxes.len())
+}
+
 /// One server per data directory: a second would reconcile away the first one's sandboxes.
 /// The lock lasts as long as the returned guard.
 fn lock_data_dir(data_dir: &std::path::Path) -> Result<Flock<fs::File>> {

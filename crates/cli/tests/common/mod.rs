@@ -1,0 +1,270 @@
+//! Test harness: the real `airlock` binary as a server on a loopback port with a fresh data
+//! directory, and an HTTP client with a principal's token. Dropping a server kills it and
+//! destroys every sandbox it left (`airlock purge`), so no test leaks mounts or cgroups.
+
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use reqwest::{Method, StatusCode};
+use serde_json::{Value, json};
+
+pub const AIRLOCK: &str = env!("CARGO_BIN_EXE_airlock");
+
+/// True when this process may create sandboxes; otherwise prints why the test is skipped.
+pub fn can_run_sandboxes(test: &str) -> bool {
+    // SAFETY: geteuid has no preconditions.
+    let root = unsafe { libc_geteuid() } == 0;
+    if !root {
+        eprintln!(
+            "SKIPPED {test}: creating sandboxes needs root (namespaces, cgroups, overlayfs); CI runs as root"
+        );
+    }
+    root
+}
+
+unsafe extern "C" {
+    #[link_name = "geteuid"]
+    fn libc_geteuid() -> u32;
+}
+
+pub struct Server {
+    child: Option<Child>,
+    pub url: String,
+    pub admin_token: String,
+    pub data_dir: PathBuf,
+    _temp: tempfile::TempDir,
+}
+
+impl Server {
+    pub fn start() -> Server {
+        let temp = tempfile::Builder::new()
+            .prefix("al")
+            .tempdir_in("/tmp")
+            .expect("temp dir");
+        let data_dir = temp.path().join("d");
+        let (child, url) = spawn(&data_dir);
+        let admin_token = std::fs::read_to_string(data_dir.join("admin-token"))
+            .expect("admin token file")
+            .trim()
+            .to_owned();
+        Server {
+            child: Some(child),
+            url,
+            admin_token,
+            data_dir,
+            _temp: temp,
+        }
+    }
+
+    /// Kills the server with SIGKILL, as a crash would; sandboxes stay.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Starts the server again on the same data directory (and port, if free).
+    pub fn restart(&mut self) {
+        self.kill();
+        let (child, url) = spawn(&self.data_dir);
+        self.child = Some(child);
+        self.url = url;
+    }
+
+    pub fn client(&self, token: &str) -> Api {
+        Api {
+            http: reqwest::Client::new(),
+            url: self.url.clone(),
+            token: Some(token.to_owned()),
+        }
+    }
+
+    pub fn admin(&self) -> Api {
+        self.client(&self.admin_token)
+    }
+
+    pub fn anonymous(&self) -> Api {
+        Api {
+            http: reqwest::Client::new(),
+            url: self.url.clone(),
+            token: None,
+        }
+    }
+
+    /// Creates a developer and returns a client holding a read+write token of theirs.
+    pub async fn user(&self, name: &str) -> Api {
+        let admin = self.admin();
+        let (status, user) = admin.post("/v1/users", json!({ "name": name })).await;
+        assert_eq!(status, StatusCode::CREATED, "{user}");
+        let (status, token) = admin
+            .post("/v1/tokens", json!({ "user_id": user["id"] }))
+            .await;
+        assert_eq!(status, StatusCode::CREATED, "{token}");
+        self.client(token["token"].as_str().unwrap())
+    }
+
+    pub fn sandbox_dirs(&self) -> Vec<String> {
+        list_dir(&self.data_dir.join("runtime/sandboxes"))
+    }
+
+    pub fn state_dirs(&self) -> Vec<String> {
+        list_dir(&self.data_dir.join("runtime/state"))
+    }
+
+    /// Mount points under the data directory, from the host's mount table.
+    pub fn mounts(&self) -> Vec<String> {
+        let info = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+        let prefix = self.data_dir.to_string_lossy().to_string();
+        info.lines()
+            .filter_map(|line| line.split(' ').nth(4))
+            .filter(|point| point.starts_with(&prefix))
+            .map(str::to_owned)
+            .collect()
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        self.kill();
+        let _ = Command::new(AIRLOCK)
+            .arg("purge")
+            .arg("--data-dir")
+            .arg(&self.data_dir)
+            .stdout(Stdio::null())
+            .status();
+    }
+}
+
+fn list_dir(path: &Path) -> Vec<String> {
+    std::fs::read_dir(path)
+        .map(|entries| {
+            entries
+                .flatten()
+                .map(|entry| entry.file_name().to_string_lossy().into_owned())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+fn spawn(data_dir: &Path) -> (Child, String) {
+    let mut child = Command::new(AIRLOCK)
+        .args([
+            "server",
+            "--listen",
+            "127.0.0.1:0",
+            "--reconcile-seconds",
+            "3600",
+            "--data-dir",
+        ])
+        .arg(data_dir)
+        .env("AIRLOCK_LOG", "warn")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("start airlock server");
+    let stdout = child.stdout.take().unwrap();
+    let mut lines = BufReader::new(stdout).lines();
+    let url = loop {
+        let line = lines
+            .next()
+            .expect("server exited before listening")
+            .expect("read server output");
+        if let Some(address) = line.strip_prefix("airlock listening on ") {
+            break address.trim().to_owned();
+        }
+    };
+    // Keep draining stdout so the server never blocks on a full pipe.
+    std::thread::spawn(move || for _ in lines {});
+    (child, url)
+}
+
+pub struct Api {
+    http: reqwest::Client,
+    pub url: String,
+    token: Option<String>,
+}
+
+/// A response as tests look at it.
+pub struct Answer {
+    pub status: StatusCode,
+    pub headers: reqwest::header::HeaderMap,
+    pub body: Value,
+}
+
+impl Api {
+    pub async fn call(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<Value>,
+        headers: &[(&str, &str)],
+    ) -> Answer {
+        let mut request = self
+            .http
+            .request(method, format!("{}{path}", self.url))
+            .timeout(Duration::from_secs(120));
+        if let Some(token) = &self.token {
+            request = request.bearer_auth(token);
+        }
+        for (name, value) in headers {
+            request = request.header(*name, *value);
+        }
+        if let Some(body) = body {
+            request = request.json(&body);
+        }
+        let response = request.send().await.expect("request reaches the server");
+        let status = response.status();
+        let headers = response.headers().clone();
+        let text = response.text().await.unwrap();
+        let body = if text.is_empty() {
+            Value::Null
+        } else {
+            serde_json::from_str(&text).unwrap_or(Value::String(text))
+        };
+        Answer {
+            status,
+            headers,
+            body,
+        }
+    }
+
+    pub async fn get(&self, path: &str) -> (StatusCode, Value) {
+        let answer = self.call(Method::GET, path, None, &[]).await;
+        (answer.status, answer.body)
+    }
+
+    pub async fn post(&self, path: &str, body: Value) -> (StatusCode, Value) {
+        let answer = self.call(Method::POST, path, Some(body), &[]).await;
+        (answer.status, answer.body)
+    }
+
+    pub async fn delete(&self, path: &str) -> (StatusCode, Value) {
+        let answer = self.call(Method::DELETE, path, None, &[]).await;
+        (answer.status, answer.body)
+    }
+
+    /// Creates an environment and returns its id, asserting success.
+    pub async fn create(&self, body: Value) -> String {
+        let (status, environment) = self.post("/v1/environments", body).await;
+        assert_eq!(status, StatusCode::CREATED, "{environment}");
+        assert_eq!(environment["state"], "running");
+        environment["id"].as_str().unwrap().to_owned()
+    }
+
+    /// Runs `sh -c script` and returns the exec result, asserting the call succeeded.
+    pub async fn sh(&self, id: &str, script: &str) -> Value {
+        let (status, result) = self
+            .post(
+                &format!("/v1/environments/{id}/exec"),
+                json!({ "command": ["sh", "-c", script] }),
+            )
+            .await;
+        assert_eq!(status, StatusCode::OK, "{result}");
+        result
+    }
+}
