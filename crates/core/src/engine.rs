@@ -256,14 +256,14 @@ impl Engine {
         request: NewEnvironment,
         idempotency_key: Option<String>,
     ) -> Result<Reply, Error> {
-        if let Some(key) = &idempotency_key {
-            if key.is_empty() || key.len() > 255 || !key.chars().all(|c| c.is_ascii_graphic()) {
-                return Err(Invalid::new(
-                    "Idempotency-Key",
-                    "must be 1 to 255 visible ASCII characters",
-                )
-                .into());
-            }
+        if let Some(key) = &idempotency_key
+            && (key.is_empty() || key.len() > 255 || !key.chars().all(|c| c.is_ascii_graphic()))
+        {
+            return Err(Invalid::new(
+                "Idempotency-Key",
+                "must be 1 to 255 visible ASCII characters",
+            )
+            .into());
         }
         let image = match &request.image {
             Some(image) => image.clone(),
@@ -567,10 +567,10 @@ impl Engine {
                 return Err(Invalid::new("env", format!("has an invalid variable {key:?}")).into());
             }
         }
-        if let Some(cwd) = &cwd {
-            if !cwd.starts_with('/') || cwd.contains('\0') || cwd.len() > 4096 {
-                return Err(Invalid::new("cwd", "must be an absolute path").into());
-            }
+        if let Some(cwd) = &cwd
+            && (!cwd.starts_with('/') || cwd.contains('\0') || cwd.len() > 4096)
+        {
+            return Err(Invalid::new("cwd", "must be an absolute path").into());
         }
         let input_size = argv.iter().map(String::len).sum::<usize>()
             + env
@@ -723,14 +723,12 @@ impl Engine {
             }
             Some(seconds) => Some(now + chrono::Duration::seconds(seconds as i64)),
         };
-        if let Some(description) = &new_token.description {
-            if description.len() > 200 || description.chars().any(char::is_control) {
-                return Err(Invalid::new(
-                    "description",
-                    "must be at most 200 printable characters",
-                )
-                .into());
-            }
+        if let Some(description) = &new_token.description
+            && (description.len() > 200 || description.chars().any(char::is_control))
+        {
+            return Err(
+                Invalid::new("description", "must be at most 200 printable characters").into(),
+            );
         }
         let secret = Secret::generate();
         let record = TokenRecord {

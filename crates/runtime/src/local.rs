@@ -115,6 +115,24 @@ impl LocalRuntime {
         })
     }
 
+    /// Removes this instance's (empty) parent cgroups; called when no sandbox remains.
+    pub fn release_cgroup_parent(&self) {
+        let Ok(hierarchies) = fs::read_dir("/sys/fs/cgroup") else {
+            return;
+        };
+        for hierarchy in hierarchies.flatten() {
+            let parent = hierarchy
+                .path()
+                .join(self.cgroup_parent.trim_start_matches('/'));
+            if fs::remove_dir(&parent).is_ok() {
+                // The shared `/airlock` level goes too once no instance uses it.
+                if let Some(shared) = parent.parent() {
+                    let _ = fs::remove_dir(shared);
+                }
+            }
+        }
+    }
+
     fn sandbox_dir(&self, id: &EnvironmentId) -> PathBuf {
         self.root.join("sandboxes").join(id.as_str())
     }

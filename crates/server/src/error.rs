@@ -57,8 +57,7 @@ impl ApiError {
                 Error::Unavailable(text) => Error::Unavailable(text.clone()),
                 Error::Internal(text) => Error::Internal(text.clone()),
             },
-            ApiError::Rejected { status, detail, .. } if *status == StatusCode::NOT_FOUND => {
-                let _ = detail;
+            ApiError::Rejected { status, .. } if *status == StatusCode::NOT_FOUND => {
                 Error::NotFound { kind: "route" }
             }
             ApiError::Rejected { detail, .. } => {

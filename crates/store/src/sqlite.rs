@@ -90,7 +90,7 @@ impl Store for SqliteStore {
             .fetch_optional(&self.pool)
             .await
             .map_err(backend)?
-            .map(|row| user_from_row(&row, ""))
+            .map(|row| user_from_row(&row))
             .transpose()
     }
 
@@ -358,7 +358,7 @@ fn environment_from_row(row: &SqliteRow) -> Result<Environment, StoreError> {
     })
 }
 
-fn user_from_row(row: &SqliteRow, _prefix: &str) -> Result<User, StoreError> {
+fn user_from_row(row: &SqliteRow) -> Result<User, StoreError> {
     Ok(User {
         id: UserId::parse(row.get("id")).map_err(corrupt)?,
         name: parse_name(row.get("name"))?,
