@@ -6,7 +6,10 @@
 //! floor of each SQLite commit; exec writes one audit record, create writes three), a bare
 //! fork+exec on the host, the start of the `airlock` binary as a helper process, the runtime
 //! helper (`airlock __runtime …`) doing an exec or a create+start directly, without the server,
-//! and the two overlay mounts a create makes.
+//! and the two overlay mounts a create makes. Two kernel costs the helper pays are timed alone:
+//! reading `/proc/self/mountinfo` (libcontainer's cgroup v1 code reads it about 14 times per
+//! exec, and it grows by two long overlay lines per running sandbox) and moving a process into
+//! a v1 cgroup.
 
 use std::fs;
 use std::io::Read;
@@ -95,6 +98,22 @@ pub async fn measure(
     }
     report.add(SYSTEM, samples);
 
+    let lines = fs::read_to_string("/proc/self/mountinfo")
+        .map(|text| text.lines().count())
+        .unwrap_or(0);
+    let mut samples = Samples::new(format!("read /proc/self/mountinfo ({lines} lines)"));
+    for _ in 0..iterations {
+        let started = Instant::now();
+        let text = fs::read_to_string("/proc/self/mountinfo")?;
+        std::hint::black_box(text.lines().filter_map(|l| l.split(' ').nth(4)).count());
+        samples.push(started.elapsed());
+    }
+    report.add(SYSTEM, samples);
+
+    if let Some(samples) = cgroup_attach(iterations)? {
+        report.add(SYSTEM, samples);
+    }
+
     let runtime = server.runtime_root();
     let mut samples = Samples::new("helper exec true, direct");
     for _ in 0..iterations {
@@ -111,6 +130,45 @@ pub async fn measure(
     let samples = direct_creates(binary, &runtime, sandbox, scratch, iterations)?;
     report.add(SYSTEM, samples);
     Ok(())
+}
+
+/// Moving a process into a cgroup v1 cgroup (writing its pid to `cgroup.procs`), as every
+/// create and exec does for each hierarchy: the first move takes the kernel's
+/// `cgroup_threadgroup_rwsem` for writing, which waits for an RCU grace period; moves right
+/// after it are fast. Rounds are 50 ms apart so each one pays what an isolated exec pays.
+fn cgroup_attach(iterations: usize) -> Result<Option<Samples>> {
+    let Some(hierarchy) = ["pids", "freezer", "memory"]
+        .iter()
+        .map(|name| Path::new("/sys/fs/cgroup").join(name))
+        .find(|path| path.join("cgroup.procs").exists())
+    else {
+        return Ok(None);
+    };
+    let relative = format!("airlock-bench-{}-attach", std::process::id());
+    let cgroup = hierarchy.join(&relative);
+    fs::create_dir(&cgroup).with_context(|| format!("creating {}", cgroup.display()))?;
+    let name = hierarchy.file_name().unwrap_or_default().to_string_lossy();
+    let mut samples = Samples::new(format!("move a process to a v1 cgroup ({name})"));
+    let outcome = (|| -> Result<()> {
+        for _ in 0..iterations {
+            let mut child = Command::new("sleep").arg("10").spawn()?;
+            std::thread::sleep(Duration::from_millis(50));
+            let started = Instant::now();
+            let written = fs::write(cgroup.join("cgroup.procs"), child.id().to_string());
+            let elapsed = started.elapsed();
+            let _ = child.kill();
+            let _ = child.wait();
+            written.context("writing cgroup.procs")?;
+            samples.push(elapsed);
+        }
+        Ok(())
+    })();
+    let stayed = host::remove_cgroup_patiently(&relative, Duration::from_secs(5));
+    outcome?;
+    if !stayed.is_empty() {
+        bail!("the probe cgroup stayed: {stayed:?}");
+    }
+    Ok(Some(samples))
 }
 
 /// Runs `true` in the sandbox through the helper, as the server does: a pipe on fd 3 for the

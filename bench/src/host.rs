@@ -208,6 +208,23 @@ pub fn signal_and_wait(pid: i32, signal: i32, patience: Duration) -> bool {
     process_gone(pid)
 }
 
+/// SIGKILL to every pid at once, then waits up to `patience` for all of them to go; returns
+/// the ones still there.
+pub fn kill_all(pids: &[i32], patience: Duration) -> Vec<i32> {
+    for pid in pids {
+        // SAFETY: kill has no memory effects; a stale pid fails with ESRCH.
+        unsafe { libc::kill(*pid, libc::SIGKILL) };
+    }
+    let deadline = Instant::now() + patience;
+    let mut left: Vec<i32> = pids.to_vec();
+    while !left.is_empty() && Instant::now() < deadline {
+        left.retain(|pid| !process_gone(*pid));
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    left.retain(|pid| !process_gone(*pid));
+    left
+}
+
 /// SIGTERM, then SIGKILL if `pid` is still there after `patience`.
 pub fn terminate(pid: i32, patience: Duration) {
     if !signal_and_wait(pid, libc::SIGTERM, patience) {

@@ -271,8 +271,14 @@ impl Service {
                 stragglers.len()
             );
         }
-        for (pid, _) in &stragglers {
-            host::terminate(*pid, Duration::from_secs(5));
+        // They are idle; SIGTERM makes conmon wait for a process long gone, so SIGKILL.
+        let pids: Vec<i32> = stragglers.iter().map(|(pid, _)| *pid).collect();
+        let left = host::kill_all(&pids, Duration::from_secs(10));
+        if !left.is_empty() {
+            report.note(format!(
+                "{tag} cleanup: {} podman helper process(es) did not end: {left:?}",
+                left.len()
+            ));
         }
 
         let unmounted = host::unmount_all_under(&self.dir);

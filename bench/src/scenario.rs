@@ -302,14 +302,36 @@ pub async fn run_suite<S: System>(
     eprintln!("[{name}] warm-up: {} rounds", plan.warmup);
     warm_up(system, plan.warmup).await?;
 
+    eprintln!(
+        "[{name}] exec, serial, alone on the host: {}",
+        plan.exec_iterations
+    );
+    let mut client = system.client();
+    let alone = system.create(&mut client).await.context("create")?;
+    let exec = exec_serial(system, &alone, plan.exec_iterations).await;
+    system.delete(&mut client, &alone).await.context("delete")?;
+    let mut exec = exec?;
+    exec.label = "exec true (serial, 1 live)".into();
+    report.add(&name, exec);
+
     eprintln!("[{name}] create->ready, serial: {}", plan.iterations);
     let serial = serial_create(system, plan.iterations.max(1)).await?;
+    let live = serial.sandboxes.len();
+    let window = (live / 5).clamp(1, 10);
+    let trend = [
+        by_live_count(&serial.create, "create call", 0, window, 0),
+        by_live_count(&serial.create, "create call", live - window, live, 0),
+    ];
     report.add(&name, serial.create);
     report.add(&name, serial.first_exec);
     report.add(&name, serial.ready);
+    for samples in trend {
+        report.add(&name, samples);
+    }
 
     eprintln!("[{name}] exec, serial: {}", plan.exec_iterations);
-    let exec = exec_serial(system, &serial.sandboxes[0], plan.exec_iterations).await?;
+    let mut exec = exec_serial(system, &serial.sandboxes[0], plan.exec_iterations).await?;
+    exec.label = format!("exec true (serial, {live} live)");
     report.add(&name, exec);
 
     eprintln!(
@@ -336,7 +358,15 @@ pub async fn run_suite<S: System>(
 
     eprintln!("[{name}] delete, serial: {}", serial.sandboxes.len());
     let deletes = delete_serial(system, &serial.sandboxes).await?;
+    // The i-th delete leaves live - 1 - i others running.
+    let trend = [
+        by_live_count(&deletes, "delete", 0, window, live - 1),
+        by_live_count(&deletes, "delete", live - window, live, live - 1),
+    ];
     report.add(&name, deletes);
+    for samples in trend {
+        report.add(&name, samples);
+    }
 
     eprintln!(
         "[{name}] create->ready, {} concurrent clients: {}",
@@ -351,6 +381,21 @@ pub async fn run_suite<S: System>(
     );
     delete_concurrent(system, &made, plan.concurrency, report).await?;
     Ok(())
+}
+
+/// The samples `start..end` of a serial run, labelled with how many other sandboxes were
+/// running at the time: sample i ran beside `i` others, or `mirror - i` when `mirror` is set
+/// (deletes, which run in creation order).
+fn by_live_count(all: &Samples, what: &str, start: usize, end: usize, mirror: usize) -> Samples {
+    let others = |i: usize| if mirror > 0 { mirror - i } else { i };
+    let (low, high) = if mirror > 0 {
+        (others(end - 1), others(start))
+    } else {
+        (others(start), others(end - 1))
+    };
+    let mut samples = Samples::new(format!("{what}, {low}-{high} others live"));
+    samples.values = all.values[start.min(all.values.len())..end.min(all.values.len())].to_vec();
+    samples
 }
 
 /// How much of each scenario to run.
