@@ -44,6 +44,9 @@ impl Server {
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(log_file)
+            // Its own process group: a Ctrl-C at the terminal must not stop the server before
+            // the benchmark has deleted its environments through the API.
+            .process_group(0)
             .kill_on_drop(true)
             .spawn()
             .with_context(|| format!("starting {} server", binary.display()))?;

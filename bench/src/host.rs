@@ -263,6 +263,41 @@ pub fn hard_rlimit(resource: libc::__rlimit_resource_t) -> u64 {
     limit.rlim_max
 }
 
+/// Cumulative CPU time of the whole host from `/proc/stat`, in clock ticks: (busy, iowait,
+/// total). Differences between two snapshots say how loaded the machine was meanwhile, by
+/// anything (the benchmark, the system under test, or someone else).
+pub fn cpu_snapshot() -> (u64, u64, u64) {
+    let stat = fs::read_to_string("/proc/stat").unwrap_or_default();
+    let fields: Vec<u64> = stat
+        .lines()
+        .next()
+        .unwrap_or_default()
+        .split_whitespace()
+        .skip(1)
+        .filter_map(|value| value.parse().ok())
+        .collect();
+    // user nice system idle iowait irq softirq steal (guest time is inside user).
+    let get = |i: usize| fields.get(i).copied().unwrap_or(0);
+    let busy = get(0) + get(1) + get(2) + get(5) + get(6) + get(7);
+    (busy, get(4), busy + get(3) + get(4))
+}
+
+/// The share of all CPUs' time spent busy between two [`cpu_snapshot`]s, in percent.
+pub fn busy_percent(before: (u64, u64, u64), after: (u64, u64, u64)) -> f64 {
+    let total = after.2.saturating_sub(before.2).max(1) as f64;
+    100.0 * after.0.saturating_sub(before.0) as f64 / total
+}
+
+/// "busy X%, iowait Y%" of all CPUs between two [`cpu_snapshot`]s.
+pub fn cpu_load_between(before: (u64, u64, u64), after: (u64, u64, u64)) -> String {
+    let total = after.2.saturating_sub(before.2).max(1) as f64;
+    format!(
+        "host CPUs busy {:.0}%, iowait {:.0}% (all processes)",
+        100.0 * after.0.saturating_sub(before.0) as f64 / total,
+        100.0 * after.1.saturating_sub(before.1) as f64 / total
+    )
+}
+
 /// The one-line description of the machine printed with the results.
 pub fn machine_description() -> String {
     let cpus = std::thread::available_parallelism()

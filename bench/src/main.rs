@@ -229,6 +229,7 @@ async fn measure_all(
     };
     let api = server.api();
     let breakdown_scratch = scratch.join("breakdown");
+    let load_before = host::cpu_snapshot();
     let measured = match prepared {
         Err(error) => Err(error),
         Ok(()) => {
@@ -256,7 +257,8 @@ async fn measure_all(
         }
     };
     context.push(format!(
-        "airlock server at the end: {}",
+        "airlock phase: {}; server at the end: {}",
+        host::cpu_load_between(load_before, host::cpu_snapshot()),
         server.resource_usage()
     ));
     eprintln!("[airlock] cleanup");
@@ -283,7 +285,14 @@ async fn measure_all(
             context.push(format!("podman ({runtime}): {version}"));
             service.import_image(&tarball).await?;
             let api = service.api(usr);
-            interruptible(scenario::run_suite(&api, plan, report, async |_, _| Ok(()))).await
+            let before = host::cpu_snapshot();
+            let result =
+                interruptible(scenario::run_suite(&api, plan, report, async |_, _| Ok(()))).await;
+            context.push(format!(
+                "podman ({runtime}) phase: {}",
+                host::cpu_load_between(before, host::cpu_snapshot())
+            ));
+            result
         }
         .await;
         eprintln!("[podman ({runtime})] cleanup");

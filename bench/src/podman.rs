@@ -5,7 +5,8 @@
 //! How podman is made to run on this host (see docs/BENCHMARKS.md for why):
 //! - `--cgroup-manager cgroupfs`: PID 1 is not systemd;
 //! - the container's `nofile` and `nproc` rlimits are pinned to the service's hard limits:
-//!   root here lacks CAP_SYS_RESOURCE, and podman raises both by default, which fails;
+//!   podman asks for nofile 1048576 by default, above this host's hard limit, and root here
+//!   lacks CAP_SYS_RESOURCE to raise it;
 //! - with crun, the service runs in a private mount namespace where the cgroup2 mount at
 //!   `/sys/fs/cgroup/unified` is unmounted: crun 1.8.1 refuses hybrid layouts ("cgroups in
 //!   hybrid mode not supported") when cgroup2 has any controller (here: hugetlb). It then
@@ -111,6 +112,8 @@ impl Service {
             .stdin(Stdio::null())
             .stdout(log_file.try_clone()?)
             .stderr(log_file)
+            // Its own process group, so a Ctrl-C at the terminal leaves cleanup to us.
+            .process_group(0)
             .kill_on_drop(true)
             .spawn()
             .context("starting `podman system service` (run bench/setup-podman.sh first)")?;

@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result};
 use futures::future::join_all;
 
+use crate::host;
 use crate::http::Client;
 use crate::stats::{Report, Samples, Throughput};
 
@@ -116,8 +117,9 @@ pub async fn exec_concurrent<S: System>(
     sandboxes: &[S::Handle],
     count: usize,
     clients: usize,
-) -> Result<(Samples, Duration)> {
+) -> Result<(Samples, Duration, f64)> {
     let next = Cell::new(0usize);
+    let cpu = host::cpu_snapshot();
     let started = Instant::now();
     let workers = (0..clients).map(|worker| {
         let next = &next;
@@ -142,13 +144,14 @@ pub async fn exec_concurrent<S: System>(
     });
     let outcomes = join_all(workers).await;
     let elapsed = started.elapsed();
+    let busy = host::busy_percent(cpu, host::cpu_snapshot());
     let mut samples = Samples::new(format!("exec true ({clients} concurrent)"));
     for outcome in outcomes {
         for latency in outcome? {
             samples.push(latency);
         }
     }
-    Ok((samples, elapsed))
+    Ok((samples, elapsed, busy))
 }
 
 /// Deletes the sandboxes one after another.
@@ -176,6 +179,7 @@ pub async fn concurrent_create<S: System>(
     report: &mut Report,
 ) -> Result<Vec<S::Handle>> {
     let next = Cell::new(0usize);
+    let cpu = host::cpu_snapshot();
     let started = Instant::now();
     let workers = (0..clients).map(|_| {
         let next = &next;
@@ -213,6 +217,7 @@ pub async fn concurrent_create<S: System>(
     });
     let outcomes = join_all(workers).await;
     let elapsed = started.elapsed();
+    let host_busy = host::busy_percent(cpu, host::cpu_snapshot());
     let mut sandboxes = Vec::new();
     let mut create = Samples::new(format!("create call ({clients} concurrent)"));
     let mut ready = Samples::new(format!("create->ready ({clients} concurrent)"));
@@ -238,6 +243,7 @@ pub async fn concurrent_create<S: System>(
         count: sandboxes.len(),
         concurrency: clients,
         elapsed,
+        host_busy,
     });
     Ok(sandboxes)
 }
@@ -250,6 +256,7 @@ pub async fn delete_concurrent<S: System>(
     report: &mut Report,
 ) -> Result<()> {
     let next = Cell::new(0usize);
+    let cpu = host::cpu_snapshot();
     let started = Instant::now();
     let workers = (0..clients).map(|_| {
         let next = &next;
@@ -273,6 +280,7 @@ pub async fn delete_concurrent<S: System>(
     });
     let outcomes = join_all(workers).await;
     let elapsed = started.elapsed();
+    let host_busy = host::busy_percent(cpu, host::cpu_snapshot());
     let mut samples = Samples::new(format!("delete ({clients} concurrent)"));
     for outcome in outcomes {
         samples.values.extend(outcome?);
@@ -284,6 +292,7 @@ pub async fn delete_concurrent<S: System>(
         count: sandboxes.len(),
         concurrency: clients,
         elapsed,
+        host_busy,
     });
     Ok(())
 }
@@ -338,7 +347,7 @@ pub async fn run_suite<S: System>(
         "[{name}] exec, {} concurrent clients: {}",
         plan.concurrency, plan.exec_iterations
     );
-    let (exec, elapsed) = exec_concurrent(
+    let (exec, elapsed, host_busy) = exec_concurrent(
         system,
         &serial.sandboxes,
         plan.exec_iterations,
@@ -351,6 +360,7 @@ pub async fn run_suite<S: System>(
         count: exec.values.len(),
         concurrency: plan.concurrency,
         elapsed,
+        host_busy,
     });
     report.add(&name, exec);
 

@@ -82,6 +82,8 @@ pub struct Throughput {
     pub count: usize,
     pub concurrency: usize,
     pub elapsed: Duration,
+    /// How busy the host's CPUs were meanwhile (all processes), in percent.
+    pub host_busy: f64,
 }
 
 impl Throughput {
@@ -188,13 +190,15 @@ impl Report {
             for t in &self.throughputs {
                 let _ = writeln!(
                     out,
-                    "{:<system_width$}  {:<label_width$}  {} in {:.2} s with {} clients = {:.1}/s",
+                    "{:<system_width$}  {:<label_width$}  {} in {:.2} s with {} clients = {:.1}/s \
+                     (host CPUs {:.0}% busy)",
                     t.system,
                     t.label,
                     t.count,
                     t.elapsed.as_secs_f64(),
                     t.concurrency,
-                    t.per_second()
+                    t.per_second(),
+                    t.host_busy
                 );
             }
         }
@@ -227,7 +231,7 @@ impl Report {
                 json!({
                     "system": t.system, "operation": t.label, "count": t.count,
                     "concurrency": t.concurrency, "seconds": t.elapsed.as_secs_f64(),
-                    "per_second": t.per_second(),
+                    "per_second": t.per_second(), "host_busy_percent": t.host_busy,
                 })
             })
             .collect();
