@@ -7,8 +7,8 @@
 //! - `images/<name>/`: image trees; `airlock-init`, `seccomp.bpf`: shared by all sandboxes.
 //!
 //! Overlay mounts live in the host's mount namespace, made and removed by the server;
-//! everything that forks (create, exec) runs in the helper process (`helper.rs`). Kill and
-//! delete do not fork and run here, on blocking threads.
+//! everything that forks (create, exec) runs in the helper process (`helper.rs`). Files,
+//! mounts, kill and delete do not fork and run here, always on blocking threads.
 
 use std::collections::HashMap;
 use std::fs;
@@ -17,6 +17,7 @@ use std::os::fd::AsRawFd;
 use std::os::unix::fs::PermissionsExt;
 use std::path::PathBuf;
 use std::process::Stdio;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use airlock_core::ids::{EnvironmentId, Name};
@@ -47,6 +48,13 @@ pub struct LocalConfig {
 }
 
 pub struct LocalRuntime {
+    host: Arc<Host>,
+}
+
+/// The runtime's directories and settings, with the synchronous work on them (files, mounts,
+/// libcontainer state). Only reached through [`LocalRuntime::blocking`], so none of it runs
+/// on an async worker thread.
+struct Host {
     root: PathBuf,
     helper: PathBuf,
     images: HashMap<String, Image>,
@@ -107,14 +115,113 @@ impl LocalRuntime {
             .take(6)
             .map(|byte| format!("{byte:02x}"))
             .collect();
-        Ok(Self {
+        let host = Host {
             root,
             helper: config.helper,
             images: HashMap::from([(default.name.clone(), default)]),
             cgroup_parent: format!("/airlock/{instance}"),
+        };
+        Ok(Self {
+            host: Arc::new(host),
         })
     }
 
+    /// Removes this instance's (empty) parent cgroups; called when no sandbox remains.
+    pub fn release_cgroup_parent(&self) {
+        self.host.release_cgroup_parent();
+    }
+
+    /// Runs filesystem, mount and libcontainer-state work on a blocking thread.
+    async fn blocking<T: Send + 'static>(
+        &self,
+        work: impl FnOnce(&Host) -> Result<T, RuntimeError> + Send + 'static,
+    ) -> Result<T, RuntimeError> {
+        let host = self.host.clone();
+        tokio::task::spawn_blocking(move || work(&host))
+            .await
+            .map_err(|e| failed("joining a blocking task", e))?
+    }
+
+    async fn run_create_helper(&self, spec: &SandboxSpec) -> Result<(), RuntimeError> {
+        let request = HelperRequest::Create {
+            state_root: self.host.state_root(),
+            id: spec.id.to_string(),
+            bundle: self.host.sandbox_dir(&spec.id).join("bundle"),
+            seccomp: self.host.seccomp_path(),
+        };
+        let output = self
+            .helper_command(&request)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .output()
+            .await
+            .map_err(|e| failed("running the runtime helper", e))?;
+        if output.status.success() {
+            Ok(())
+        } else {
+            Err(RuntimeError::Failed(
+                String::from_utf8_lossy(&output.stderr).trim().to_owned(),
+            ))
+        }
+    }
+
+    fn helper_command(&self, request: &HelperRequest) -> Command {
+        let mut command = Command::new(&self.host.helper);
+        command
+            .arg(HELPER_ARG)
+            .arg(serde_json::to_string(request).expect("request serializes"))
+            .env_clear()
+            .kill_on_drop(true);
+        if let Some(filter) = std::env::var_os("AIRLOCK_HELPER_LOG") {
+            command.env("AIRLOCK_HELPER_LOG", filter);
+        }
+        command
+    }
+
+    /// Starts the sandbox on existing directories (`fresh`: made just now, removed on
+    /// failure; otherwise the writable layer is kept). On failure unmounts what `prepare`
+    /// mounted and removes libcontainer's leftovers.
+    async fn boot(&self, spec: &SandboxSpec, fresh: bool) -> Result<(), RuntimeError> {
+        let id = spec.id.clone();
+        self.blocking(move |host| {
+            if fresh {
+                host.make_sandbox_dir(&id)
+            } else if host.sandbox_dir(&id).exists() {
+                Ok(())
+            } else {
+                Err(RuntimeError::Missing)
+            }
+        })
+        .await?;
+        let prepared = {
+            let spec = spec.clone();
+            self.blocking(move |host| host.prepare(&spec)).await
+        };
+        let booted = match prepared {
+            Ok(()) => self.run_create_helper(spec).await,
+            Err(error) => Err(error),
+        };
+        if let Err(error) = booted {
+            let id = spec.id.clone();
+            let _ = self
+                .blocking(move |host| {
+                    let _ = host.kill_and_forget(&id);
+                    let dir = host.sandbox_dir(&id);
+                    let _ = mounts::unmount_all_under(&dir.join("rootfs"));
+                    if fresh {
+                        let _ = fs::remove_dir_all(&dir);
+                    }
+                    Ok(())
+                })
+                .await;
+            return Err(error);
+        }
+        Ok(())
+    }
+}
+
+impl Host {
     /// Removes this instance's (empty) parent cgroups; called when no sandbox remains.
     pub fn release_cgroup_parent(&self) {
         let Ok(hierarchies) = fs::read_dir("/sys/fs/cgroup") else {
@@ -184,142 +291,123 @@ impl LocalRuntime {
         Ok(())
     }
 
-    async fn run_create_helper(&self, spec: &SandboxSpec) -> Result<(), RuntimeError> {
-        let request = HelperRequest::Create {
-            state_root: self.state_root(),
-            id: spec.id.to_string(),
-            bundle: self.sandbox_dir(&spec.id).join("bundle"),
-            seccomp: self.seccomp_path(),
-        };
-        let output = self
-            .helper_command(&request)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .output()
-            .await
-            .map_err(|e| failed("running the runtime helper", e))?;
-        if output.status.success() {
-            Ok(())
-        } else {
-            Err(RuntimeError::Failed(
-                String::from_utf8_lossy(&output.stderr).trim().to_owned(),
-            ))
-        }
-    }
-
-    fn helper_command(&self, request: &HelperRequest) -> Command {
-        let mut command = Command::new(&self.helper);
-        command
-            .arg(HELPER_ARG)
-            .arg(serde_json::to_string(request).expect("request serializes"))
-            .env_clear()
-            .kill_on_drop(true);
-        if let Some(filter) = std::env::var_os("AIRLOCK_HELPER_LOG") {
-            command.env("AIRLOCK_HELPER_LOG", filter);
-        }
-        command
-    }
-
-    /// Starts the sandbox on prepared directories; on failure unmounts what `prepare` mounted
-    /// and removes libcontainer's leftovers, keeping the writable layer.
-    async fn boot(&self, spec: &SandboxSpec) -> Result<(), RuntimeError> {
-        let booted = match self.prepare(spec) {
-            Ok(()) => self.run_create_helper(spec).await,
-            Err(error) => Err(error),
-        };
-        if let Err(error) = booted {
-            let _ = self.kill_and_forget(&spec.id).await;
-            let _ = mounts::unmount_all_under(&self.sandbox_dir(&spec.id).join("rootfs"));
-            return Err(error);
-        }
-        Ok(())
+    fn make_sandbox_dir(&self, id: &EnvironmentId) -> Result<(), RuntimeError> {
+        let dir = self.sandbox_dir(id);
+        fs::create_dir(&dir).map_err(|e| failed("creating the sandbox directory", e))?;
+        fs::set_permissions(&dir, fs::Permissions::from_mode(0o700))
+            .map_err(|e| failed("securing the sandbox directory", e))
     }
 
     /// Kills the sandbox's processes and deletes libcontainer's state and cgroups.
-    async fn kill_and_forget(&self, id: &EnvironmentId) -> Result<(), RuntimeError> {
+    fn kill_and_forget(&self, id: &EnvironmentId) -> Result<(), RuntimeError> {
         let container_root = self.state_root().join(id.as_str());
         if !container_root.exists() {
             return Ok(());
         }
-        tokio::task::spawn_blocking(move || -> Result<(), RuntimeError> {
-            let mut container = match Container::load(container_root.clone()) {
-                Ok(container) => container,
-                // A half-written state directory: nothing can run from it.
-                Err(_) => {
-                    return fs::remove_dir_all(&container_root)
-                        .map_err(|e| failed("removing sandbox state", e));
-                }
-            };
-            if container.status() != ContainerStatus::Stopped
-                && container.status() != ContainerStatus::Creating
-            {
-                let _ = container.kill(Signal::try_from("SIGKILL").expect("SIGKILL"), true);
+        let mut container = match Container::load(container_root.clone()) {
+            Ok(container) => container,
+            // A half-written state directory: nothing can run from it.
+            Err(_) => {
+                return fs::remove_dir_all(&container_root)
+                    .map_err(|e| failed("removing sandbox state", e));
             }
-            let deadline = Instant::now() + Duration::from_secs(10);
-            while container.status() != ContainerStatus::Stopped && Instant::now() < deadline {
-                std::thread::sleep(Duration::from_millis(2));
-                container
-                    .refresh_status()
-                    .map_err(|e| failed("reading sandbox status", e))?;
-            }
+        };
+        if container.status() != ContainerStatus::Stopped
+            && container.status() != ContainerStatus::Creating
+        {
+            let _ = container.kill(Signal::try_from("SIGKILL").expect("SIGKILL"), true);
+        }
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while container.status() != ContainerStatus::Stopped && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(2));
             container
-                .delete(true)
-                .map_err(|e| failed("deleting the sandbox", e))
-        })
-        .await
-        .map_err(|e| failed("joining the delete task", e))?
+                .refresh_status()
+                .map_err(|e| failed("reading sandbox status", e))?;
+        }
+        container
+            .delete(true)
+            .map_err(|e| failed("deleting the sandbox", e))
+    }
+
+    fn inspect(&self, id: &EnvironmentId) -> SandboxState {
+        let container_root = self.state_root().join(id.as_str());
+        if container_root.exists() {
+            return match Container::load(container_root).map(|container| container.status()) {
+                Ok(ContainerStatus::Running) => SandboxState::Running,
+                _ => SandboxState::Stopped,
+            };
+        }
+        if self.sandbox_dir(id).exists() {
+            SandboxState::Stopped
+        } else {
+            SandboxState::Missing
+        }
+    }
+
+    fn list(&self) -> Result<Vec<EnvironmentId>, RuntimeError> {
+        let mut ids = std::collections::BTreeSet::new();
+        for dir in [self.state_root(), self.root.join("sandboxes")] {
+            for entry in fs::read_dir(&dir).map_err(|e| failed("listing sandboxes", e))? {
+                let entry = entry.map_err(|e| failed("listing sandboxes", e))?;
+                match EnvironmentId::parse(&entry.file_name().to_string_lossy()) {
+                    Ok(id) => {
+                        ids.insert(id);
+                    }
+                    Err(_) => {
+                        tracing::warn!(path = %entry.path().display(), "ignoring a foreign entry in the runtime directory")
+                    }
+                }
+            }
+        }
+        Ok(ids.into_iter().collect())
     }
 }
 
 #[async_trait]
 impl Runtime for LocalRuntime {
     fn has_image(&self, image: &Name) -> bool {
-        self.images.contains_key(image.as_str())
+        self.host.images.contains_key(image.as_str())
     }
 
     async fn create(&self, spec: &SandboxSpec) -> Result<(), RuntimeError> {
-        let dir = self.sandbox_dir(&spec.id);
-        fs::create_dir(&dir).map_err(|e| failed("creating the sandbox directory", e))?;
-        fs::set_permissions(&dir, fs::Permissions::from_mode(0o700))
-            .map_err(|e| failed("securing the sandbox directory", e))?;
-        if let Err(error) = self.boot(spec).await {
-            let _ = fs::remove_dir_all(&dir);
-            return Err(error);
-        }
-        Ok(())
+        self.boot(spec, true).await
     }
 
     async fn start(&self, spec: &SandboxSpec) -> Result<(), RuntimeError> {
-        if !self.sandbox_dir(&spec.id).exists() {
-            return Err(RuntimeError::Missing);
-        }
-        self.boot(spec).await
+        self.boot(spec, false).await
     }
 
     async fn stop(&self, id: &EnvironmentId) -> Result<(), RuntimeError> {
-        self.kill_and_forget(id).await?;
-        mounts::unmount_all_under(&self.sandbox_dir(id).join("rootfs"))
-            .map_err(|e| failed("unmounting", e))
+        let id = id.clone();
+        self.blocking(move |host| {
+            host.kill_and_forget(&id)?;
+            mounts::unmount_all_under(&host.sandbox_dir(&id).join("rootfs"))
+                .map_err(|e| failed("unmounting", e))
+        })
+        .await
     }
 
     async fn destroy(&self, id: &EnvironmentId) -> Result<(), RuntimeError> {
-        self.kill_and_forget(id).await?;
-        let dir = self.sandbox_dir(id);
-        mounts::unmount_all_under(&dir).map_err(|e| failed("unmounting", e))?;
-        match fs::remove_dir_all(&dir) {
-            Ok(()) => Ok(()),
-            Err(error) if error.kind() == std::io::ErrorKind::NotFound => Ok(()),
-            Err(error) => Err(failed("removing the sandbox directory", error)),
-        }
+        let id = id.clone();
+        self.blocking(move |host| {
+            host.kill_and_forget(&id)?;
+            let dir = host.sandbox_dir(&id);
+            mounts::unmount_all_under(&dir).map_err(|e| failed("unmounting", e))?;
+            match fs::remove_dir_all(&dir) {
+                Ok(()) => Ok(()),
+                Err(error) if error.kind() == std::io::ErrorKind::NotFound => Ok(()),
+                Err(error) => Err(failed("removing the sandbox directory", error)),
+            }
+        })
+        .await
     }
 
     async fn exec(&self, id: &EnvironmentId, spec: &ExecSpec) -> Result<ExecOutput, RuntimeError> {
         let started = Instant::now();
         let request = HelperRequest::Exec {
-            state_root: self.state_root(),
+            state_root: self.host.state_root(),
             id: id.to_string(),
-            seccomp: self.seccomp_path(),
+            seccomp: self.host.seccomp_path(),
             argv: spec.argv.clone(),
             env: spec.env.clone().into_iter().collect(),
             cwd: spec.cwd.as_ref().map(PathBuf::from),
@@ -394,41 +482,12 @@ impl Runtime for LocalRuntime {
     }
 
     async fn inspect(&self, id: &EnvironmentId) -> Result<SandboxState, RuntimeError> {
-        let container_root = self.state_root().join(id.as_str());
-        if container_root.exists() {
-            let status = tokio::task::spawn_blocking(move || {
-                Container::load(container_root).map(|container| container.status())
-            })
-            .await
-            .map_err(|e| failed("joining the inspect task", e))?;
-            return Ok(match status {
-                Ok(ContainerStatus::Running) => SandboxState::Running,
-                _ => SandboxState::Stopped,
-            });
-        }
-        Ok(if self.sandbox_dir(id).exists() {
-            SandboxState::Stopped
-        } else {
-            SandboxState::Missing
-        })
+        let id = id.clone();
+        self.blocking(move |host| Ok(host.inspect(&id))).await
     }
 
     async fn list(&self) -> Result<Vec<EnvironmentId>, RuntimeError> {
-        let mut ids = std::collections::BTreeSet::new();
-        for dir in [self.state_root(), self.root.join("sandboxes")] {
-            for entry in fs::read_dir(&dir).map_err(|e| failed("listing sandboxes", e))? {
-                let entry = entry.map_err(|e| failed("listing sandboxes", e))?;
-                match EnvironmentId::parse(&entry.file_name().to_string_lossy()) {
-                    Ok(id) => {
-                        ids.insert(id);
-                    }
-                    Err(_) => {
-                        tracing::warn!(path = %entry.path().display(), "ignoring a foreign entry in the runtime directory")
-                    }
-                }
-            }
-        }
-        Ok(ids.into_iter().collect())
+        self.blocking(Host::list).await
     }
 }
 
