@@ -81,6 +81,10 @@ struct ServerArgs {
     reconcile_seconds: u64,
 }
 
+/// airlock's own messages at info; libcgroups reports every controller this kernel lacks on
+/// each delete, at info and warn, so only its errors are kept.
+const DEFAULT_LOG_FILTER: &str = "info,libcgroups=error,libcontainer=warn";
+
 pub fn default_data_dir() -> PathBuf {
     PathBuf::from("/var/lib/airlock")
 }
@@ -134,7 +138,8 @@ fn main() -> ExitCode {
 
 async fn run_server(args: ServerArgs) -> anyhow::Result<()> {
     use tracing_subscriber::EnvFilter;
-    let filter = EnvFilter::try_from_env("AIRLOCK_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
+    let filter = EnvFilter::try_from_env("AIRLOCK_LOG")
+        .unwrap_or_else(|_| EnvFilter::new(DEFAULT_LOG_FILTER));
     if std::env::var("AIRLOCK_LOG_FORMAT").as_deref() == Ok("json") {
         tracing_subscriber::fmt()
             .json()

@@ -166,12 +166,10 @@ impl Engine {
             Ok(()) => self.execute(principal, action).await,
             Err(error) => Err(error),
         };
-        let (outcome, detail) = match &result {
-            Ok(reply) => ("ok", Self::reply_target(reply)),
-            Err(error) => (error.outcome(), Some(error.to_string())),
+        let (outcome, target, detail) = match &result {
+            Ok(reply) => ("ok", target.or_else(|| Self::reply_target(reply)), None),
+            Err(error) => (error.outcome(), target, Some(error.to_string())),
         };
-        let target = target.or_else(|| if result.is_ok() { detail.clone() } else { None });
-        let detail = if result.is_ok() { None } else { detail };
         self.audit(
             origin,
             principal.user.id.as_str(),

@@ -26,7 +26,7 @@ impl fmt::Display for Invalid {
 
 impl std::error::Error for Invalid {}
 
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum Error {
     /// The request was malformed or out of bounds; nothing changed.
     #[error("{0}")]

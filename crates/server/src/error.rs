@@ -48,15 +48,7 @@ impl ApiError {
     /// The core error this stands for, for the audit trail.
     pub fn as_core(&self) -> Error {
         match self {
-            ApiError::Core(error) => match error {
-                Error::Invalid(invalid) => Error::Invalid(invalid.clone()),
-                Error::Unauthenticated => Error::Unauthenticated,
-                Error::Forbidden(text) => Error::Forbidden(text.clone()),
-                Error::NotFound { kind } => Error::NotFound { kind },
-                Error::Conflict(text) => Error::Conflict(text.clone()),
-                Error::Unavailable(text) => Error::Unavailable(text.clone()),
-                Error::Internal(text) => Error::Internal(text.clone()),
-            },
+            ApiError::Core(error) => error.clone(),
             ApiError::Rejected { status, .. } if *status == StatusCode::NOT_FOUND => {
                 Error::NotFound { kind: "route" }
             }

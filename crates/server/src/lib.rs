@@ -14,7 +14,7 @@ use std::sync::Arc;
 
 use airlock_core::Engine;
 use axum::Router;
-use axum::extract::{ConnectInfo, DefaultBodyLimit, Request, State};
+use axum::extract::{DefaultBodyLimit, Request, State};
 use axum::http::{HeaderValue, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
@@ -126,23 +126,14 @@ async fn refuse_route(
     slug: &'static str,
     detail: &str,
 ) -> Response {
-    let origin = airlock_core::Origin {
-        request_id: request
-            .extensions()
-            .get::<RequestId>()
-            .map(|id| id.0.clone())
-            .unwrap_or_default(),
-        source: request
-            .extensions()
-            .get::<ConnectInfo<SocketAddr>>()
-            .map(|info| info.0.ip().to_string()),
-    };
+    let (parts, _) = request.into_parts();
+    let origin = extract::origin(&parts);
     let error = ApiError::Rejected {
         status,
         slug,
         detail: detail.into(),
     };
-    let action = format!("{} {}", request.method(), request.uri().path());
+    let action = format!("{} {}", parts.method, parts.uri.path());
     state
         .engine
         .record_refusal(&origin, None, &action, &error.as_core())
