@@ -28,6 +28,10 @@ pub struct CreateEnvironment {
     /// Lifetime from creation, in seconds; the server's default when absent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ttl_seconds: Option<u64>,
+    /// `none` (loopback only, the default) or `egress` (outbound connections through NAT;
+    /// the host, other environments, link-local and private addresses stay unreachable).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub network: Option<String>,
 }
 
 /// Requested limits of an environment.
@@ -41,6 +45,9 @@ pub struct ResourcesRequest {
     pub cpus: Option<f64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pids: Option<u64>,
+    /// Size of the writable layer in MiB; a full disk is ENOSPC inside the environment.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub disk_mib: Option<u64>,
 }
 
 /// Limits in force for an environment.
@@ -49,6 +56,20 @@ pub struct Resources {
     pub memory_mib: u64,
     pub cpus: f64,
     pub pids: u64,
+    pub disk_mib: u64,
+}
+
+/// What a running environment uses now.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct Usage {
+    pub memory_bytes: u64,
+    pub pids: u64,
+    /// Processes the kernel killed for exceeding the memory limit since the environment
+    /// (re)started.
+    pub oom_kills: u64,
+    pub cpu_seconds: f64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub disk_bytes: Option<u64>,
 }
 
 /// One environment as the API shows it.
@@ -63,12 +84,17 @@ pub struct Environment {
     pub owner: String,
     pub image: String,
     pub resources: Resources,
+    /// `none` or `egress`.
+    pub network: String,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
     pub expires_at: DateTime<Utc>,
     /// Why the environment failed, when `state` is `failed`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub failure: Option<String>,
+    /// Present when one running environment is read (`GET /v1/environments/{id}`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub usage: Option<Usage>,
 }
 
 /// A page of environments, newest last; pass `next_cursor` as `cursor` for the next page.
@@ -108,6 +134,10 @@ pub struct ExecResult {
     pub truncated: bool,
     /// True when the timeout passed and the command's process tree was killed.
     pub timed_out: bool,
+    /// True when the kernel killed a process of the environment for exceeding its memory
+    /// limit while the command ran.
+    #[serde(default)]
+    pub oom_killed: bool,
     pub duration_ms: u64,
 }
 

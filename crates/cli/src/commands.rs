@@ -28,6 +28,12 @@ pub enum EnvCommand {
         /// Maximum number of processes.
         #[arg(long)]
         pids: Option<u64>,
+        /// Size of the writable layer in MiB.
+        #[arg(long)]
+        disk: Option<u64>,
+        /// `none` (loopback only, the default) or `egress` (outbound through NAT).
+        #[arg(long)]
+        network: Option<String>,
         /// Lifetime in seconds.
         #[arg(long)]
         ttl: Option<u64>,
@@ -132,21 +138,24 @@ pub async fn env(connection: &Connection, command: EnvCommand) -> Result<i32> {
             memory,
             cpus,
             pids,
+            disk,
+            network,
             ttl,
             idempotency_key,
         } => {
-            let resources = (memory.is_some() || cpus.is_some() || pids.is_some()).then_some(
-                api::ResourcesRequest {
-                    memory_mib: memory,
-                    cpus,
-                    pids,
-                },
-            );
+            let asked = memory.is_some() || cpus.is_some() || pids.is_some() || disk.is_some();
+            let resources = asked.then_some(api::ResourcesRequest {
+                memory_mib: memory,
+                cpus,
+                pids,
+                disk_mib: disk,
+            });
             let request = api::CreateEnvironment {
                 name,
                 image,
                 resources,
                 ttl_seconds: ttl,
+                network,
             };
             let headers: Vec<(&str, String)> = idempotency_key
                 .map(|key| ("idempotency-key", key))

@@ -47,11 +47,13 @@ pub fn print_environments(environments: &[api::Environment]) {
                 environment.state.clone(),
                 environment.image.clone(),
                 format!(
-                    "{} MiB / {} CPU / {} pids",
+                    "{} MiB / {} CPU / {} pids / {} MiB disk",
                     environment.resources.memory_mib,
                     environment.resources.cpus,
-                    environment.resources.pids
+                    environment.resources.pids,
+                    environment.resources.disk_mib
                 ),
+                environment.network.clone(),
                 environment
                     .expires_at
                     .format("%Y-%m-%d %H:%M:%SZ")
@@ -59,7 +61,12 @@ pub fn print_environments(environments: &[api::Environment]) {
             ]
         })
         .collect();
-    print_table(&["ID", "NAME", "STATE", "IMAGE", "LIMITS", "EXPIRES"], rows);
+    print_table(
+        &[
+            "ID", "NAME", "STATE", "IMAGE", "LIMITS", "NETWORK", "EXPIRES",
+        ],
+        rows,
+    );
 }
 
 pub fn print_tokens(tokens: &[api::Token]) {

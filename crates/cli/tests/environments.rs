@@ -56,7 +56,7 @@ async fn lifecycle_create_exec_stop_start_delete_leaves_nothing_behind() {
     assert_eq!(environment["state"], "running");
     assert_eq!(
         environment["resources"],
-        json!({ "memory_mib": 128, "cpus": 0.5, "pids": 64 })
+        json!({ "memory_mib": 128, "cpus": 0.5, "pids": 64, "disk_mib": 4096 })
     );
 
     // The limits asked for are the limits in force.

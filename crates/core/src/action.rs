@@ -9,7 +9,9 @@ use std::collections::BTreeMap;
 use serde::Serialize;
 
 use crate::ids::{EnvironmentId, Name, TokenId, UserId};
-use crate::model::{Environment, ExecOutput, Principal, Role, Scope, TokenRecord, User};
+use crate::model::{
+    Environment, ExecOutput, NetworkMode, Principal, Role, Scope, TokenRecord, Usage, User,
+};
 use crate::secret::Secret;
 
 #[derive(Debug, Clone)]
@@ -78,6 +80,8 @@ pub struct NewEnvironment {
     pub memory_mib: Option<u64>,
     pub cpus: Option<f64>,
     pub pids: Option<u64>,
+    pub disk_mib: Option<u64>,
+    pub network: Option<NetworkMode>,
     pub ttl_seconds: Option<u64>,
 }
 
@@ -121,6 +125,8 @@ pub enum Reply {
     Environment {
         environment: Environment,
         replayed: bool,
+        /// What the sandbox uses now; only when one environment is read and it runs.
+        usage: Option<Usage>,
     },
     Environments {
         items: Vec<Environment>,

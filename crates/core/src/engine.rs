@@ -227,9 +227,14 @@ impl Engine {
             Action::ListEnvironments(query) => self.list_environments(principal, query).await,
             Action::GetEnvironment(id) => {
                 let environment = self.load_visible(principal, &id).await?;
+                let usage = match environment.state {
+                    EnvState::Running => self.runtime.usage(&id).await.ok(),
+                    _ => None,
+                };
                 Ok(Reply::Environment {
                     environment,
                     replayed: false,
+                    usage,
                 })
             }
             Action::StopEnvironment(id) => self.stop_environment(principal, &id).await,
@@ -272,9 +277,20 @@ impl Engine {
                 Invalid::new("image", format!("{image:?} is not an available image")).into(),
             );
         }
-        let resources = self
-            .limits
-            .resources(request.memory_mib, request.cpus, request.pids)?;
+        let resources = self.limits.resources(
+            request.memory_mib,
+            request.cpus,
+            request.pids,
+            request.disk_mib,
+        )?;
+        let network = request.network.unwrap_or_default();
+        if !self.runtime.supports_network(network) {
+            return Err(Invalid::new(
+                "network",
+                format!("{:?} is not enabled on this server", network.as_str()),
+            )
+            .into());
+        }
         let ttl = self.limits.ttl(request.ttl_seconds)?;
         let fingerprint = fingerprint(&request);
 
@@ -290,6 +306,7 @@ impl Engine {
             owner: principal.user.id.clone(),
             image,
             resources,
+            network,
             state: EnvState::Creating,
             created_at: now,
             updated_at: now,
@@ -317,6 +334,7 @@ impl Engine {
                 return Ok(Reply::Environment {
                     environment,
                     replayed: true,
+                    usage: None,
                 });
             }
             Err(StoreError::Duplicate(_)) => {
@@ -359,6 +377,7 @@ impl Engine {
         Ok(Reply::Environment {
             environment,
             replayed: false,
+            usage: None,
         })
     }
 
@@ -433,6 +452,7 @@ impl Engine {
                 return Ok(Reply::Environment {
                     environment,
                     replayed: false,
+                    usage: None,
                 });
             }
             EnvState::Running => {}
@@ -449,6 +469,7 @@ impl Engine {
         Ok(Reply::Environment {
             environment,
             replayed: false,
+            usage: None,
         })
     }
 
@@ -464,6 +485,7 @@ impl Engine {
                 return Ok(Reply::Environment {
                     environment,
                     replayed: false,
+                    usage: None,
                 });
             }
             EnvState::Stopped => {}
@@ -492,6 +514,7 @@ impl Engine {
         Ok(Reply::Environment {
             environment,
             replayed: false,
+            usage: None,
         })
     }
 
@@ -540,6 +563,18 @@ impl Engine {
             )));
         }
         let output = self.runtime.exec(id, &spec).await?;
+        if output.oom_killed {
+            tracing::warn!(environment = %id, "a process was killed for memory");
+            self.audit(
+                &Origin::default(),
+                "system",
+                "environment.oom_kill",
+                Some(id.to_string()),
+                "ok",
+                Some(format!("while running {:?}", spec.argv[0])),
+            )
+            .await;
+        }
         Ok(Reply::Exec(output))
     }
 
@@ -906,6 +941,7 @@ fn sandbox_spec(environment: &Environment) -> SandboxSpec {
         hostname: environment.name.clone(),
         image: environment.image.clone(),
         resources: environment.resources,
+        network: environment.network,
     }
 }
 

@@ -17,6 +17,50 @@ pub struct Resources {
     /// Thousandths of a CPU: 500 is half a CPU.
     pub millicpus: u64,
     pub pids: u64,
+    /// Size of the writable layer; writes past it fail with ENOSPC inside the sandbox.
+    pub disk_mib: u64,
+}
+
+/// How an environment reaches the network.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum NetworkMode {
+    /// Loopback only.
+    #[default]
+    None,
+    /// A private link to the host, NAT to the outside; the host, other environments,
+    /// link-local and private ranges stay unreachable.
+    Egress,
+}
+
+impl NetworkMode {
+    pub const ALL: [NetworkMode; 2] = [NetworkMode::None, NetworkMode::Egress];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            NetworkMode::None => "none",
+            NetworkMode::Egress => "egress",
+        }
+    }
+
+    pub fn parse(text: &str) -> Result<Self, Invalid> {
+        Self::ALL
+            .into_iter()
+            .find(|mode| mode.as_str() == text)
+            .ok_or_else(|| Invalid::new("network", "must be \"none\" or \"egress\""))
+    }
+}
+
+/// What a running sandbox uses now, read from its cgroups and its writable layer.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Usage {
+    pub memory_bytes: u64,
+    pub pids: u64,
+    /// Processes the kernel killed for exceeding the memory limit since the sandbox started.
+    pub oom_kills: u64,
+    pub cpu_nanoseconds: u64,
+    /// Bytes used on the writable layer, when it is a filesystem of its own.
+    pub disk_bytes: Option<u64>,
 }
 
 /// Where an environment is in its life. Transitions are checked by [`EnvState::can_become`].
@@ -92,6 +136,7 @@ pub struct Environment {
     pub owner: UserId,
     pub image: Name,
     pub resources: Resources,
+    pub network: NetworkMode,
     pub state: EnvState,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
@@ -218,6 +263,8 @@ pub struct ExecOutput {
     pub stderr: Vec<u8>,
     pub truncated: bool,
     pub timed_out: bool,
+    /// The kernel killed a process of the sandbox for memory while the command ran.
+    pub oom_killed: bool,
     pub duration: Duration,
 }
 

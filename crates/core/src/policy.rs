@@ -71,16 +71,19 @@ impl Default for Limits {
                 memory_mib: 512,
                 millicpus: 1000,
                 pids: 512,
+                disk_mib: 4 * 1024,
             },
             max_resources: Resources {
                 memory_mib: 16 * 1024,
                 millicpus: 16_000,
                 pids: 32_768,
+                disk_mib: 256 * 1024,
             },
             min_resources: Resources {
                 memory_mib: 16,
                 millicpus: 10,
                 pids: 16,
+                disk_mib: 64,
             },
             default_ttl: Duration::from_secs(8 * 3600),
             max_ttl: Duration::from_secs(7 * 24 * 3600),
@@ -102,6 +105,7 @@ impl Limits {
         memory_mib: Option<u64>,
         cpus: Option<f64>,
         pids: Option<u64>,
+        disk_mib: Option<u64>,
     ) -> Result<Resources, Invalid> {
         let millicpus = match cpus {
             None => self.default_resources.millicpus,
@@ -112,6 +116,7 @@ impl Limits {
             memory_mib: memory_mib.unwrap_or(self.default_resources.memory_mib),
             millicpus,
             pids: pids.unwrap_or(self.default_resources.pids),
+            disk_mib: disk_mib.unwrap_or(self.default_resources.disk_mib),
         };
         check_range(
             "resources.memory_mib",
@@ -140,6 +145,12 @@ impl Limits {
             resources.pids,
             self.min_resources.pids,
             self.max_resources.pids,
+        )?;
+        check_range(
+            "resources.disk_mib",
+            resources.disk_mib,
+            self.min_resources.disk_mib,
+            self.max_resources.disk_mib,
         )?;
         Ok(resources)
     }
@@ -174,29 +185,37 @@ mod tests {
     fn resources_take_defaults_and_respect_bounds() {
         let limits = Limits::default();
         assert_eq!(
-            limits.resources(None, None, None).unwrap(),
+            limits.resources(None, None, None, None).unwrap(),
             limits.default_resources
         );
         assert_eq!(
-            limits.resources(Some(64), Some(0.5), Some(100)).unwrap(),
+            limits
+                .resources(Some(64), Some(0.5), Some(100), Some(128))
+                .unwrap(),
             Resources {
                 memory_mib: 64,
                 millicpus: 500,
-                pids: 100
+                pids: 100,
+                disk_mib: 128,
             }
         );
-        for (memory, cpus, pids, field) in [
-            (Some(1), None, None, "resources.memory_mib"),
-            (Some(1 << 40), None, None, "resources.memory_mib"),
-            (None, Some(0.0), None, "resources.cpus"),
-            (None, Some(-1.0), None, "resources.cpus"),
-            (None, Some(f64::NAN), None, "resources.cpus"),
-            (None, Some(1000.0), None, "resources.cpus"),
-            (None, None, Some(1), "resources.pids"),
-            (None, None, Some(u64::MAX), "resources.pids"),
+        for (memory, cpus, pids, disk, field) in [
+            (Some(1), None, None, None, "resources.memory_mib"),
+            (Some(1 << 40), None, None, None, "resources.memory_mib"),
+            (None, Some(0.0), None, None, "resources.cpus"),
+            (None, Some(-1.0), None, None, "resources.cpus"),
+            (None, Some(f64::NAN), None, None, "resources.cpus"),
+            (None, Some(1000.0), None, None, "resources.cpus"),
+            (None, None, Some(1), None, "resources.pids"),
+            (None, None, Some(u64::MAX), None, "resources.pids"),
+            (None, None, None, Some(1), "resources.disk_mib"),
+            (None, None, None, Some(u64::MAX), "resources.disk_mib"),
         ] {
             assert_eq!(
-                limits.resources(memory, cpus, pids).unwrap_err().field,
+                limits
+                    .resources(memory, cpus, pids, disk)
+                    .unwrap_err()
+                    .field,
                 field
             );
         }

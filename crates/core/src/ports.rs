@@ -8,7 +8,8 @@ use chrono::{DateTime, Utc};
 
 use crate::ids::{EnvironmentId, Name, TokenId, UserId};
 use crate::model::{
-    AuditEvent, EnvState, Environment, ExecOutput, ExecSpec, Resources, TokenRecord, User,
+    AuditEvent, EnvState, Environment, ExecOutput, ExecSpec, NetworkMode, Resources, TokenRecord,
+    Usage, User,
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -112,6 +113,7 @@ pub struct SandboxSpec {
     pub hostname: Name,
     pub image: Name,
     pub resources: Resources,
+    pub network: NetworkMode,
 }
 
 /// Creates, runs and destroys sandboxes. Implementations must be safe to call concurrently
@@ -120,6 +122,8 @@ pub struct SandboxSpec {
 pub trait Runtime: Send + Sync + 'static {
     /// Whether `image` can be used.
     fn has_image(&self, image: &Name) -> bool;
+    /// Whether sandboxes can be given this network mode on this host.
+    fn supports_network(&self, mode: NetworkMode) -> bool;
     /// Creates and starts a sandbox. On error nothing of it is left on the host.
     async fn create(&self, spec: &SandboxSpec) -> Result<(), RuntimeError>;
     /// Starts a stopped sandbox again on its kept writable layer.
@@ -130,6 +134,8 @@ pub trait Runtime: Send + Sync + 'static {
     async fn destroy(&self, id: &EnvironmentId) -> Result<(), RuntimeError>;
     async fn exec(&self, id: &EnvironmentId, spec: &ExecSpec) -> Result<ExecOutput, RuntimeError>;
     async fn inspect(&self, id: &EnvironmentId) -> Result<SandboxState, RuntimeError>;
+    /// What a running sandbox uses now; `NotRunning` when it is not running.
+    async fn usage(&self, id: &EnvironmentId) -> Result<Usage, RuntimeError>;
     /// Every sandbox this runtime has on the host, whether or not a record knows it.
     async fn list(&self) -> Result<Vec<EnvironmentId>, RuntimeError>;
 }

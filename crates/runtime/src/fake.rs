@@ -7,7 +7,7 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 use airlock_core::ids::{EnvironmentId, Name};
-use airlock_core::model::{ExecOutput, ExecSpec};
+use airlock_core::model::{ExecOutput, ExecSpec, NetworkMode, Usage};
 use airlock_core::ports::{Runtime, RuntimeError, SandboxSpec, SandboxState};
 use async_trait::async_trait;
 
@@ -27,6 +27,10 @@ impl FakeRuntime {
 impl Runtime for FakeRuntime {
     fn has_image(&self, image: &Name) -> bool {
         image.as_str() == "default"
+    }
+
+    fn supports_network(&self, _mode: NetworkMode) -> bool {
+        true
     }
 
     async fn create(&self, spec: &SandboxSpec) -> Result<(), RuntimeError> {
@@ -74,6 +78,7 @@ impl Runtime for FakeRuntime {
             stderr: Vec::new(),
             truncated,
             timed_out: false,
+            oom_killed: false,
             duration: Duration::ZERO,
         })
     }
@@ -84,6 +89,13 @@ impl Runtime for FakeRuntime {
             Some(false) => SandboxState::Stopped,
             None => SandboxState::Missing,
         })
+    }
+
+    async fn usage(&self, id: &EnvironmentId) -> Result<Usage, RuntimeError> {
+        match self.sandboxes.lock().expect("lock").get(id) {
+            Some(true) => Ok(Usage::default()),
+            _ => Err(RuntimeError::NotRunning),
+        }
     }
 
     async fn list(&self) -> Result<Vec<EnvironmentId>, RuntimeError> {

@@ -1,6 +1,7 @@
 //! Sandbox backends behind the core's `Runtime` port: the local backend (youki's libcontainer,
 //! overlayfs, cgroups, a precompiled seccomp profile) and a fake for tests without root.
 
+mod cgroups;
 mod executor;
 pub mod fake;
 pub mod helper;

@@ -21,7 +21,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use airlock_core::ids::{EnvironmentId, Name};
-use airlock_core::model::{ExecOutput, ExecSpec};
+use airlock_core::model::{ExecOutput, ExecSpec, NetworkMode, Usage};
 use airlock_core::ports::{Runtime, RuntimeError, SandboxSpec, SandboxState};
 use async_trait::async_trait;
 use libcontainer::container::{Container, ContainerStatus};
@@ -30,6 +30,7 @@ use sha2::{Digest, Sha256};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 use tokio::process::Command;
 
+use crate::cgroups::SandboxCgroup;
 use crate::helper::{ExecStatus, HELPER_ARG, HelperRequest, STATUS_FD};
 use crate::image::{self, Image};
 use crate::mounts;
@@ -240,6 +241,14 @@ impl Host {
         }
     }
 
+    fn cgroup_path(&self, id: &EnvironmentId) -> String {
+        format!("{}/{}", self.cgroup_parent, id)
+    }
+
+    fn cgroup(&self, id: &EnvironmentId) -> SandboxCgroup {
+        SandboxCgroup::new(&self.cgroup_path(id))
+    }
+
     fn sandbox_dir(&self, id: &EnvironmentId) -> PathBuf {
         self.root.join("sandboxes").join(id.as_str())
     }
@@ -280,7 +289,7 @@ impl Host {
             rootfs: &rootfs,
             hostname: spec.hostname.as_str(),
             init_binary: &self.root.join("airlock-init"),
-            cgroup_path: &format!("{}/{}", self.cgroup_parent, spec.id),
+            cgroup_path: &self.cgroup_path(&spec.id),
             resources: spec.resources,
         });
         fs::write(
@@ -369,6 +378,10 @@ impl Runtime for LocalRuntime {
         self.host.images.contains_key(image.as_str())
     }
 
+    fn supports_network(&self, mode: NetworkMode) -> bool {
+        mode == NetworkMode::None
+    }
+
     async fn create(&self, spec: &SandboxSpec) -> Result<(), RuntimeError> {
         self.boot(spec, true).await
     }
@@ -404,6 +417,8 @@ impl Runtime for LocalRuntime {
 
     async fn exec(&self, id: &EnvironmentId, spec: &ExecSpec) -> Result<ExecOutput, RuntimeError> {
         let started = Instant::now();
+        let cgroup = self.host.cgroup(id);
+        let oom_kills_before = cgroup.oom_kills();
         let request = HelperRequest::Exec {
             state_root: self.host.state_root(),
             id: id.to_string(),
@@ -477,6 +492,7 @@ impl Runtime for LocalRuntime {
             stderr,
             truncated: out_truncated || err_truncated,
             timed_out: status.timed_out,
+            oom_killed: cgroup.oom_kills() > oom_kills_before,
             duration: started.elapsed(),
         })
     }
@@ -484,6 +500,15 @@ impl Runtime for LocalRuntime {
     async fn inspect(&self, id: &EnvironmentId) -> Result<SandboxState, RuntimeError> {
         let id = id.clone();
         self.blocking(move |host| Ok(host.inspect(&id))).await
+    }
+
+    async fn usage(&self, id: &EnvironmentId) -> Result<Usage, RuntimeError> {
+        let id = id.clone();
+        self.blocking(move |host| match host.inspect(&id) {
+            SandboxState::Running => Ok(host.cgroup(&id).usage()),
+            _ => Err(RuntimeError::NotRunning),
+        })
+        .await
     }
 
     async fn list(&self) -> Result<Vec<EnvironmentId>, RuntimeError> {

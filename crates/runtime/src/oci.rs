@@ -145,6 +145,7 @@ mod tests {
                 memory_mib: 64,
                 millicpus: 500,
                 pids: 100,
+                disk_mib: 256,
             },
         });
         let parsed: oci_spec::runtime::Spec = serde_json::from_value(spec).unwrap();

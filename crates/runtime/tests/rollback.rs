@@ -36,7 +36,9 @@ async fn a_failed_create_rolls_back_everything() {
             memory_mib: 64,
             millicpus: 500,
             pids: 64,
+            disk_mib: 256,
         },
+        network: Default::default(),
     };
     assert!(runtime.create(&spec).await.is_err());
 

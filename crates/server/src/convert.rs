@@ -5,7 +5,9 @@ use airlock_api as api;
 use airlock_core::Invalid;
 use airlock_core::action::{Command, NewEnvironment, NewToken, NewUser};
 use airlock_core::ids::{Name, UserId};
-use airlock_core::model::{Environment, ExecOutput, Role, Scope, TokenRecord, User};
+use airlock_core::model::{
+    Environment, ExecOutput, NetworkMode, Role, Scope, TokenRecord, Usage, User,
+};
 
 pub fn new_environment(request: api::CreateEnvironment) -> Result<NewEnvironment, Invalid> {
     let resources = request.resources.unwrap_or_default();
@@ -23,11 +25,17 @@ pub fn new_environment(request: api::CreateEnvironment) -> Result<NewEnvironment
         memory_mib: resources.memory_mib,
         cpus: resources.cpus,
         pids: resources.pids,
+        disk_mib: resources.disk_mib,
+        network: request
+            .network
+            .as_deref()
+            .map(NetworkMode::parse)
+            .transpose()?,
         ttl_seconds: request.ttl_seconds,
     })
 }
 
-pub fn environment(environment: Environment) -> api::Environment {
+pub fn environment(environment: Environment, usage: Option<Usage>) -> api::Environment {
     api::Environment {
         id: environment.id.to_string(),
         name: environment.name.to_string(),
@@ -38,11 +46,20 @@ pub fn environment(environment: Environment) -> api::Environment {
             memory_mib: environment.resources.memory_mib,
             cpus: environment.resources.millicpus as f64 / 1000.0,
             pids: environment.resources.pids,
+            disk_mib: environment.resources.disk_mib,
         },
+        network: environment.network.as_str().into(),
         created_at: environment.created_at,
         updated_at: environment.updated_at,
         expires_at: environment.expires_at,
         failure: environment.failure,
+        usage: usage.map(|usage| api::Usage {
+            memory_bytes: usage.memory_bytes,
+            pids: usage.pids,
+            oom_kills: usage.oom_kills,
+            cpu_seconds: usage.cpu_nanoseconds as f64 / 1e9,
+            disk_bytes: usage.disk_bytes,
+        }),
     }
 }
 
@@ -63,6 +80,7 @@ pub fn exec_result(output: ExecOutput) -> api::ExecResult {
         stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
         truncated: output.truncated,
         timed_out: output.timed_out,
+        oom_killed: output.oom_killed,
         duration_ms: output.duration.as_millis() as u64,
     }
 }

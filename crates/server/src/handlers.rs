@@ -56,7 +56,9 @@ async fn environment_id(
 
 fn environment_reply(reply: Reply) -> Result<api::Environment> {
     match reply {
-        Reply::Environment { environment, .. } => Ok(convert::environment(environment)),
+        Reply::Environment {
+            environment, usage, ..
+        } => Ok(convert::environment(environment, usage)),
         other => Err(unexpected(other)),
     }
 }
@@ -124,13 +126,17 @@ pub async fn create_environment(
     let Reply::Environment {
         environment,
         replayed,
+        ..
     } = reply
     else {
         return Err(unexpected(reply));
     };
     let location = format!("/v1/environments/{}", environment.id);
-    let mut response =
-        (StatusCode::CREATED, Json(convert::environment(environment))).into_response();
+    let mut response = (
+        StatusCode::CREATED,
+        Json(convert::environment(environment, None)),
+    )
+        .into_response();
     if let Ok(location) = HeaderValue::from_str(&location) {
         response.headers_mut().insert(header::LOCATION, location);
     }
@@ -214,7 +220,10 @@ pub async fn list_environments(
         return Err(unexpected(reply));
     };
     Ok(Json(api::EnvironmentList {
-        items: items.into_iter().map(convert::environment).collect(),
+        items: items
+            .into_iter()
+            .map(|environment| convert::environment(environment, None))
+            .collect(),
         next_cursor: next.map(|id| id.to_string()),
     }))
 }

@@ -203,6 +203,7 @@ async fn reconcile_fails_lost_sandboxes_removes_orphans_and_finishes_deletes() {
         hostname: Name::parse("name", "orphan").unwrap(),
         image: Name::parse("image", "default").unwrap(),
         resources: fixture.engine.limits().default_resources,
+        network: Default::default(),
     };
     fixture.runtime.create(&spec).await.unwrap();
     fixture

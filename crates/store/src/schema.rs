@@ -1,7 +1,8 @@
 //! The schema, as an ordered list of migrations; the store applies the ones it has not yet.
 //! Times are microseconds since the Unix epoch; lists are comma-separated words.
 
-pub const MIGRATIONS: &[&str] = &[r#"
+pub const MIGRATIONS: &[&str] = &[
+    r#"
 CREATE TABLE users (
     id TEXT PRIMARY KEY,
     name TEXT NOT NULL UNIQUE,
@@ -56,4 +57,10 @@ CREATE TABLE audit_events (
     source TEXT,
     detail TEXT
 );
-"#];
+"#,
+    r#"
+-- The writable layer's size and the network mode.
+ALTER TABLE environments ADD COLUMN disk_mib INTEGER NOT NULL DEFAULT 4096;
+ALTER TABLE environments ADD COLUMN network TEXT NOT NULL DEFAULT 'none';
+"#,
+];

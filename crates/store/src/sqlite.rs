@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use airlock_core::ids::{EnvironmentId, Name, TokenId, UserId};
 use airlock_core::model::{
-    AuditEvent, EnvState, Environment, Resources, Role, Scope, TokenRecord, User,
+    AuditEvent, EnvState, Environment, NetworkMode, Resources, Role, Scope, TokenRecord, User,
 };
 use airlock_core::ports::{EnvironmentQuery, Inserted, Store, StoreError};
 use async_trait::async_trait;
@@ -205,8 +205,8 @@ impl Store for SqliteStore {
             }
         }
         sqlx::query(
-            "INSERT INTO environments (id, name, owner_id, image, memory_mib, millicpus, pids, state, created_at, updated_at, expires_at, failure)
-             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            "INSERT INTO environments (id, name, owner_id, image, memory_mib, millicpus, pids, disk_mib, network, state, created_at, updated_at, expires_at, failure)
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
         )
         .bind(environment.id.as_str())
         .bind(environment.name.as_str())
@@ -215,6 +215,8 @@ impl Store for SqliteStore {
         .bind(environment.resources.memory_mib as i64)
         .bind(environment.resources.millicpus as i64)
         .bind(environment.resources.pids as i64)
+        .bind(environment.resources.disk_mib as i64)
+        .bind(environment.network.as_str())
         .bind(environment.state.as_str())
         .bind(micros(environment.created_at))
         .bind(micros(environment.updated_at))
@@ -348,7 +350,9 @@ fn environment_from_row(row: &SqliteRow) -> Result<Environment, StoreError> {
             memory_mib: row.get::<i64, _>("memory_mib") as u64,
             millicpus: row.get::<i64, _>("millicpus") as u64,
             pids: row.get::<i64, _>("pids") as u64,
+            disk_mib: row.get::<i64, _>("disk_mib") as u64,
         },
+        network: NetworkMode::parse(row.get("network")).map_err(corrupt)?,
         state: EnvState::parse(&state)
             .ok_or_else(|| corrupt(format!("unknown state {state:?}")))?,
         created_at: from_micros(row.get("created_at"))?,
