@@ -79,11 +79,36 @@ struct ServerArgs {
     /// Seconds between reconciliations of records with sandboxes.
     #[arg(long, env = "AIRLOCK_RECONCILE_SECONDS", default_value_t = 30)]
     reconcile_seconds: u64,
+    /// Do not offer the `egress` network mode (no firewall rules, no IPv4 forwarding).
+    #[arg(long, env = "AIRLOCK_NO_EGRESS")]
+    no_egress: bool,
+    /// A destination (CIDR) egress environments may reach although it is private or
+    /// link-local, e.g. an internal package mirror; repeatable.
+    #[arg(
+        long = "egress-allow",
+        value_name = "CIDR",
+        env = "AIRLOCK_EGRESS_ALLOW",
+        value_delimiter = ',',
+        value_parser = parse_ipv4_cidr
+    )]
+    egress_allow: Vec<String>,
 }
 
 /// airlock's own messages at info; libcgroups reports every controller this kernel lacks on
 /// each delete, at info and warn, so only its errors are kept.
 const DEFAULT_LOG_FILTER: &str = "info,libcgroups=error,libcontainer=warn";
+
+/// `a.b.c.d/n` (or a bare address, meaning /32).
+fn parse_ipv4_cidr(text: &str) -> Result<String, String> {
+    let (address, prefix) = text.split_once('/').unwrap_or((text, "32"));
+    let address: std::net::Ipv4Addr = address
+        .parse()
+        .map_err(|_| format!("{text:?} is not an IPv4 address or CIDR"))?;
+    match prefix.parse::<u8>() {
+        Ok(prefix) if prefix <= 32 => Ok(format!("{address}/{prefix}")),
+        _ => Err(format!("{text:?} has a bad prefix length")),
+    }
+}
 
 pub fn default_data_dir() -> PathBuf {
     PathBuf::from("/var/lib/airlock")
@@ -159,6 +184,8 @@ async fn run_server(args: ServerArgs) -> anyhow::Result<()> {
         helper,
         limits: Default::default(),
         reconcile_every: std::time::Duration::from_secs(args.reconcile_seconds.max(1)),
+        egress: !args.no_egress,
+        egress_allow: args.egress_allow,
     };
     let reconcile_every = config.reconcile_every;
     let started = airlock_server::start(config).await?;

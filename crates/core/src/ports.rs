@@ -106,6 +106,38 @@ pub enum SandboxState {
     Missing,
 }
 
+/// A kind of thing a sandbox holds on the host. The runtime reports them so that the
+/// reconciler can tell a clean stopped sandbox (its directory only) from one a crash left half
+/// up, and say in the audit trail what it removed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Remnant {
+    /// A helper process still making (or starting) the sandbox, e.g. after its server died.
+    Helper,
+    /// The container runtime's state of the sandbox.
+    State,
+    /// Its control groups, with any process still in them.
+    Cgroup,
+    /// The mounts of its root filesystem.
+    Mounts,
+    /// Its directory: bundle and writable layer.
+    Directory,
+    /// Network devices on the host.
+    Network,
+}
+
+impl Remnant {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Remnant::Helper => "helper process",
+            Remnant::State => "runtime state",
+            Remnant::Cgroup => "cgroup",
+            Remnant::Mounts => "mounts",
+            Remnant::Directory => "directory",
+            Remnant::Network => "network device",
+        }
+    }
+}
+
 /// What a sandbox is made of.
 #[derive(Debug, Clone, PartialEq)]
 pub struct SandboxSpec {
@@ -136,8 +168,12 @@ pub trait Runtime: Send + Sync + 'static {
     async fn inspect(&self, id: &EnvironmentId) -> Result<SandboxState, RuntimeError>;
     /// What a running sandbox uses now; `NotRunning` when it is not running.
     async fn usage(&self, id: &EnvironmentId) -> Result<Usage, RuntimeError>;
-    /// Every sandbox this runtime has on the host, whether or not a record knows it.
+    /// Every sandbox this runtime has anything of on the host (any [`Remnant`]), whether or
+    /// not a record knows it.
     async fn list(&self) -> Result<Vec<EnvironmentId>, RuntimeError>;
+    /// What the host holds of this sandbox now, in [`Remnant`] order; empty when nothing.
+    /// `destroy` removes all of it; `stop` all but the directory.
+    async fn remnants(&self, id: &EnvironmentId) -> Result<Vec<Remnant>, RuntimeError>;
 }
 
 /// The time, injectable so tests control it.

@@ -1,7 +1,8 @@
 //! PID 1 of every sandbox: reaps orphans so zombies never fill `pids.max`, and exits on SIGTERM.
 //!
 //! Built by `build.rs` as a tiny static binary with no crates, and bind-mounted read-only into
-//! each sandbox at `/.airlock/init`. It touches nothing but signals and `waitpid`.
+//! each sandbox at `/.airlock/init`. It touches nothing but signals and `waitpid`, and makes
+//! itself non-dumpable, so no process of the sandbox can ptrace or read it.
 
 #![no_main]
 
@@ -14,6 +15,7 @@ const SIGTERM: c_int = 15;
 const SIGCHLD: c_int = 17;
 const SIG_BLOCK: c_int = 0;
 const WNOHANG: c_int = 1;
+const PR_SET_DUMPABLE: c_int = 4;
 
 unsafe extern "C" {
     fn sigemptyset(set: *mut SigSet) -> c_int;
@@ -22,6 +24,7 @@ unsafe extern "C" {
     fn sigwaitinfo(set: *const SigSet, info: *mut [u8; 128]) -> c_int;
     fn waitpid(pid: c_int, status: *mut c_int, options: c_int) -> c_int;
     fn _exit(code: c_int) -> !;
+    fn prctl(option: c_int, ...) -> c_int;
 }
 
 #[unsafe(no_mangle)]
@@ -31,6 +34,9 @@ pub extern "C" fn main(_argc: c_int, _argv: *const *const u8) -> c_int {
     // SAFETY: plain libc calls on stack memory of the sizes libc expects (sigset_t is 128
     // bytes, siginfo_t is 128 bytes).
     unsafe {
+        // Same uid and capabilities as every process of the sandbox: without this, any of
+        // them could attach to PID 1 (seccomp allows ptrace, for debuggers).
+        prctl(PR_SET_DUMPABLE, 0 as std::ffi::c_ulong);
         sigemptyset(&mut set);
         sigaddset(&mut set, SIGCHLD);
         sigaddset(&mut set, SIGTERM);

@@ -1,25 +1,70 @@
 //! An in-memory runtime for tests of the layers above it on machines without root. It keeps
-//! the same contract as the local backend (states, errors, idempotent destroy) and runs a few
-//! built-in commands: `echo ARGS…`, `cat` (echoes stdin), `true`, `false`; others exit 127.
+//! the same contract as the local backend (states, remnants, errors, idempotent destroy) and
+//! runs a few built-in commands: `echo ARGS…`, `cat` (echoes stdin), `true`, `false`; others
+//! exit 127. Tests can play a crash: lose a sandbox, leave pieces of one behind, revive one
+//! behind the engine's back, or make a destroy fail.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Mutex;
 use std::time::Duration;
 
 use airlock_core::ids::{EnvironmentId, Name};
 use airlock_core::model::{ExecOutput, ExecSpec, NetworkMode, Usage};
-use airlock_core::ports::{Runtime, RuntimeError, SandboxSpec, SandboxState};
+use airlock_core::ports::{Remnant, Runtime, RuntimeError, SandboxSpec, SandboxState};
 use async_trait::async_trait;
+
+/// What a running sandbox holds; a stopped one keeps only its directory.
+const RUNNING: [Remnant; 4] = [
+    Remnant::State,
+    Remnant::Cgroup,
+    Remnant::Mounts,
+    Remnant::Directory,
+];
+
+#[derive(Debug, Default)]
+struct Sandbox {
+    running: bool,
+    remnants: BTreeSet<Remnant>,
+}
 
 #[derive(Debug, Default)]
 pub struct FakeRuntime {
-    sandboxes: Mutex<BTreeMap<EnvironmentId, bool>>,
+    sandboxes: Mutex<BTreeMap<EnvironmentId, Sandbox>>,
+    failing_destroys: Mutex<BTreeSet<EnvironmentId>>,
 }
 
 impl FakeRuntime {
     /// Makes a sandbox vanish behind the engine's back, as a crash of the host would.
     pub fn lose(&self, id: &EnvironmentId) {
         self.sandboxes.lock().expect("lock").remove(id);
+    }
+
+    /// Leaves pieces of a sandbox on the "host" with no process running, as a server killed
+    /// in the middle of a create, start or stop would.
+    pub fn leave(&self, id: &EnvironmentId, remnants: &[Remnant]) {
+        let mut sandboxes = self.sandboxes.lock().expect("lock");
+        let sandbox = sandboxes.entry(id.clone()).or_default();
+        sandbox.running = false;
+        sandbox.remnants.extend(remnants);
+    }
+
+    /// Makes an existing sandbox run behind the engine's back, as a start whose server died
+    /// before recording it would.
+    pub fn revive(&self, id: &EnvironmentId) {
+        let mut sandboxes = self.sandboxes.lock().expect("lock");
+        let sandbox = sandboxes.entry(id.clone()).or_default();
+        sandbox.running = true;
+        sandbox.remnants.extend(RUNNING);
+    }
+
+    /// Makes every `destroy` of this sandbox fail (or succeed again).
+    pub fn fail_destroy(&self, id: &EnvironmentId, failing: bool) {
+        let mut failing_destroys = self.failing_destroys.lock().expect("lock");
+        if failing {
+            failing_destroys.insert(id.clone());
+        } else {
+            failing_destroys.remove(id);
+        }
     }
 }
 
@@ -38,30 +83,56 @@ impl Runtime for FakeRuntime {
         if sandboxes.contains_key(&spec.id) {
             return Err(RuntimeError::Failed("sandbox exists".into()));
         }
-        sandboxes.insert(spec.id.clone(), true);
+        sandboxes.insert(
+            spec.id.clone(),
+            Sandbox {
+                running: true,
+                remnants: RUNNING.into(),
+            },
+        );
         Ok(())
     }
 
     async fn start(&self, spec: &SandboxSpec) -> Result<(), RuntimeError> {
         let mut sandboxes = self.sandboxes.lock().expect("lock");
-        let running = sandboxes.get_mut(&spec.id).ok_or(RuntimeError::Missing)?;
-        *running = true;
+        let sandbox = sandboxes
+            .get_mut(&spec.id)
+            .filter(|sandbox| sandbox.remnants.contains(&Remnant::Directory))
+            .ok_or(RuntimeError::Missing)?;
+        sandbox.running = true;
+        sandbox.remnants.extend(RUNNING);
         Ok(())
     }
 
     async fn stop(&self, id: &EnvironmentId) -> Result<(), RuntimeError> {
         let mut sandboxes = self.sandboxes.lock().expect("lock");
-        *sandboxes.get_mut(id).ok_or(RuntimeError::Missing)? = false;
+        let sandbox = sandboxes.get_mut(id).ok_or(RuntimeError::Missing)?;
+        sandbox.running = false;
+        sandbox
+            .remnants
+            .retain(|remnant| *remnant == Remnant::Directory);
+        if sandbox.remnants.is_empty() {
+            sandboxes.remove(id);
+        }
         Ok(())
     }
 
     async fn destroy(&self, id: &EnvironmentId) -> Result<(), RuntimeError> {
+        if self.failing_destroys.lock().expect("lock").contains(id) {
+            return Err(RuntimeError::Failed("the fake was told to fail".into()));
+        }
         self.sandboxes.lock().expect("lock").remove(id);
         Ok(())
     }
 
     async fn exec(&self, id: &EnvironmentId, spec: &ExecSpec) -> Result<ExecOutput, RuntimeError> {
-        if self.sandboxes.lock().expect("lock").get(id) != Some(&true) {
+        if !self
+            .sandboxes
+            .lock()
+            .expect("lock")
+            .get(id)
+            .is_some_and(|sandbox| sandbox.running)
+        {
             return Err(RuntimeError::NotRunning);
         }
         let (exit_code, stdout) = match spec.argv[0].as_str() {
@@ -84,16 +155,23 @@ impl Runtime for FakeRuntime {
     }
 
     async fn inspect(&self, id: &EnvironmentId) -> Result<SandboxState, RuntimeError> {
+        // As the local backend sees it: a live init is running; runtime state or a
+        // directory without one is stopped; a cgroup or helper alone is not a sandbox.
         Ok(match self.sandboxes.lock().expect("lock").get(id) {
-            Some(true) => SandboxState::Running,
-            Some(false) => SandboxState::Stopped,
-            None => SandboxState::Missing,
+            Some(sandbox) if sandbox.running => SandboxState::Running,
+            Some(sandbox)
+                if sandbox.remnants.contains(&Remnant::State)
+                    || sandbox.remnants.contains(&Remnant::Directory) =>
+            {
+                SandboxState::Stopped
+            }
+            _ => SandboxState::Missing,
         })
     }
 
     async fn usage(&self, id: &EnvironmentId) -> Result<Usage, RuntimeError> {
         match self.sandboxes.lock().expect("lock").get(id) {
-            Some(true) => Ok(Usage::default()),
+            Some(sandbox) if sandbox.running => Ok(Usage::default()),
             _ => Err(RuntimeError::NotRunning),
         }
     }
@@ -106,5 +184,15 @@ impl Runtime for FakeRuntime {
             .keys()
             .cloned()
             .collect())
+    }
+
+    async fn remnants(&self, id: &EnvironmentId) -> Result<Vec<Remnant>, RuntimeError> {
+        Ok(self
+            .sandboxes
+            .lock()
+            .expect("lock")
+            .get(id)
+            .map(|sandbox| sandbox.remnants.iter().copied().collect())
+            .unwrap_or_default())
     }
 }

@@ -17,6 +17,7 @@ use libcontainer::syscall::syscall::SyscallType;
 use serde::{Deserialize, Serialize};
 
 use crate::executor::SeccompExecutor;
+use crate::network::{self, EgressPlan};
 use crate::seccomp::CompiledProfile;
 
 /// The first argument that selects helper mode in the airlock binary.
@@ -34,6 +35,8 @@ pub enum HelperRequest {
         id: String,
         bundle: PathBuf,
         seccomp: PathBuf,
+        /// Set for `egress` sandboxes: the link to give them before they start.
+        egress: Option<EgressPlan>,
     },
     /// Run a command in a running sandbox with the helper's stdio; report on fd 3.
     Exec {
@@ -58,6 +61,11 @@ pub struct ExecStatus {
 
 /// Runs the helper; the return value is the process's exit code.
 pub fn main(request_json: &str) -> i32 {
+    // Processes forked from here join the sandbox's namespaces before they exec; while they
+    // hold the helper's capabilities and file descriptors, nothing in the sandbox may ptrace
+    // them or read their /proc files (runc's fix for CVE-2016-9962). execve resets this.
+    // SAFETY: prctl with PR_SET_DUMPABLE takes one integer argument.
+    unsafe { libc::prctl(libc::PR_SET_DUMPABLE, 0 as libc::c_ulong) };
     let request: HelperRequest = match serde_json::from_str(request_json) {
         Ok(request) => request,
         Err(error) => {
@@ -71,7 +79,8 @@ pub fn main(request_json: &str) -> i32 {
             id,
             bundle,
             seccomp,
-        } => match create(&state_root, &id, &bundle, &seccomp) {
+            egress,
+        } => match create(&state_root, &id, &bundle, &seccomp, egress.as_ref()) {
             Ok(()) => 0,
             Err(error) => {
                 eprintln!("{error}");
@@ -105,7 +114,13 @@ pub fn main(request_json: &str) -> i32 {
     }
 }
 
-fn create(state_root: &Path, id: &str, bundle: &Path, seccomp: &Path) -> Result<(), String> {
+fn create(
+    state_root: &Path,
+    id: &str,
+    bundle: &Path,
+    seccomp: &Path,
+    egress: Option<&EgressPlan>,
+) -> Result<(), String> {
     let profile = CompiledProfile::load(seccomp).map_err(|error| error.to_string())?;
     let dev_null = || -> Result<OwnedFd, String> {
         File::options()
@@ -133,12 +148,18 @@ fn create(state_root: &Path, id: &str, bundle: &Path, seccomp: &Path) -> Result<
         let pid = container.pid().ok_or("the container has no init process")?;
         bring_up_loopback(pid.as_raw())
             .map_err(|error| format!("bringing up loopback: {error}"))?;
+        if let Some(plan) = egress {
+            network::attach(plan, pid.as_raw())?;
+        }
         container
             .start()
             .map_err(|error| format!("starting the container: {error}"))
     })();
     if let Err(error) = started {
         let _ = container.delete(true);
+        if let Some(plan) = egress {
+            let _ = network::remove_links(&plan.instance, &plan.environment);
+        }
         return Err(error);
     }
     Ok(())

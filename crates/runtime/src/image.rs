@@ -70,7 +70,14 @@ const PASSWD: &str =
 const GROUP: &str = "root:x:0:\ntty:x:5:\nnogroup:x:65534:\n";
 const HOSTS: &str = "127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n";
 
-/// Builds the default image under `dir` (replacing an older build) and returns it.
+/// Builds the default image under `dir` and returns it.
+///
+/// `dir/rootfs` is the lower layer of every running sandbox's overlay, which reads it live:
+/// none of its files may go while a sandbox runs, or they vanish from under it (a start that
+/// rebuilt the tree in place took `/lib64`, hence the dynamic linker, from every sandbox that
+/// had not used it yet). So a build identical to the current tree is dropped; a different one
+/// takes its place while the old tree is kept aside as `rootfs.<n>`, removed by a later build
+/// once no overlay of this image is mounted.
 pub fn build_default(dir: &Path) -> io::Result<Image> {
     let rootfs = dir.join("rootfs");
     let staging = dir.join("rootfs.new");
@@ -79,17 +86,30 @@ pub fn build_default(dir: &Path) -> io::Result<Image> {
     }
     fs::create_dir_all(&staging)?;
     build_skeleton(&staging)?;
-    if rootfs.exists() {
-        let old = dir.join("rootfs.old");
-        if old.exists() {
-            fs::remove_dir_all(&old)?;
-        }
-        fs::rename(&rootfs, &old)?;
+    if !rootfs.exists() {
         fs::rename(&staging, &rootfs)?;
-        // Running sandboxes keep the old tree through their open mounts; unlinking is safe.
-        let _ = fs::remove_dir_all(&old);
+    } else if tree_digest(&staging)? == tree_digest(&rootfs)? {
+        fs::remove_dir_all(&staging)?;
     } else {
+        let kept = (0..)
+            .map(|n| dir.join(format!("rootfs.{n}")))
+            .find(|path| !path.exists())
+            .expect("a free name");
+        fs::rename(&rootfs, &kept)?;
         fs::rename(&staging, &rootfs)?;
+    }
+    // Mounts name the tree by its path, whichever generation they got: keep every old one
+    // while any overlay of the image is mounted.
+    if !is_mounted_as_lower(&rootfs) {
+        for entry in fs::read_dir(dir)?.flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            let generation = name
+                .strip_prefix("rootfs.")
+                .is_some_and(|rest| rest == "old" || rest.parse::<u32>().is_ok());
+            if generation {
+                fs::remove_dir_all(entry.path())?;
+            }
+        }
     }
     Ok(Image {
         name: "default".into(),
@@ -104,6 +124,59 @@ pub fn build_default(dir: &Path) -> io::Result<Image> {
             },
         ],
     })
+}
+
+/// Whether an overlay in this mount namespace has `tree` as a lower directory (overlays
+/// list them in their options, as given when mounted).
+fn is_mounted_as_lower(tree: &Path) -> bool {
+    let Ok(info) = fs::read_to_string("/proc/self/mountinfo") else {
+        return true;
+    };
+    // mountinfo escapes these as octal.
+    let lower = tree
+        .to_string_lossy()
+        .replace('\\', "\\134")
+        .replace(' ', "\\040")
+        .replace('\t', "\\011");
+    info.lines()
+        .filter_map(|line| line.split_once(" - overlay "))
+        .any(|(_, options)| {
+            options
+                .split([',', ':'])
+                .any(|option| option.strip_prefix("lowerdir=").unwrap_or(option) == lower.as_str())
+        })
+}
+
+/// A digest of a tree's names, kinds, modes, link targets and file contents.
+fn tree_digest(root: &Path) -> io::Result<Vec<u8>> {
+    use sha2::{Digest, Sha256};
+    use std::os::unix::ffi::OsStrExt;
+    fn walk(root: &Path, path: &Path, hasher: &mut Sha256) -> io::Result<()> {
+        let metadata = fs::symlink_metadata(path)?;
+        let relative = path.strip_prefix(root).unwrap_or(path);
+        hasher.update(relative.as_os_str().as_bytes());
+        hasher.update([0]);
+        hasher.update(metadata.permissions().mode().to_le_bytes());
+        if metadata.file_type().is_symlink() {
+            hasher.update(fs::read_link(path)?.as_os_str().as_bytes());
+        } else if metadata.is_dir() {
+            let mut entries: Vec<PathBuf> = fs::read_dir(path)?
+                .map(|entry| entry.map(|entry| entry.path()))
+                .collect::<io::Result<_>>()?;
+            entries.sort();
+            for entry in entries {
+                walk(root, &entry, hasher)?;
+            }
+        } else {
+            hasher.update(metadata.len().to_le_bytes());
+            hasher.update(fs::read(path)?);
+        }
+        hasher.update([0xff]);
+        Ok(())
+    }
+    let mut hasher = Sha256::new();
+    walk(root, root, &mut hasher)?;
+    Ok(hasher.finalize().to_vec())
 }
 
 fn build_skeleton(root: &Path) -> io::Result<()> {
@@ -216,8 +289,31 @@ mod tests {
         );
         assert_eq!(fs::read_dir(root.join("root")).unwrap().count(), 0);
         assert_eq!(image.layers[1].target, "/usr");
-        // Building again replaces the tree in place.
+        // Building again leaves an identical tree alone.
+        let inode = |path: &Path| {
+            use std::os::unix::fs::MetadataExt;
+            fs::symlink_metadata(path).unwrap().ino()
+        };
+        let before = inode(&root.join("etc/passwd"));
         let again = build_default(dir.path()).unwrap();
         assert_eq!(again, image);
+        assert_eq!(inode(&root.join("etc/passwd")), before);
+    }
+
+    #[test]
+    fn a_changed_image_takes_the_place_of_the_old_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let image = build_default(dir.path()).unwrap();
+        let root = &image.layers[0].lower;
+        fs::write(root.join("etc/hosts"), "changed since\n").unwrap();
+        build_default(dir.path()).unwrap();
+        assert_eq!(fs::read_to_string(root.join("etc/hosts")).unwrap(), HOSTS);
+        // No overlay uses the old tree here, so it is gone already.
+        let mut names: Vec<String> = fs::read_dir(dir.path())
+            .unwrap()
+            .map(|entry| entry.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        names.sort();
+        assert_eq!(names, vec!["rootfs".to_owned()]);
     }
 }

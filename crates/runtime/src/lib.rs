@@ -1,16 +1,20 @@
 //! Sandbox backends behind the core's `Runtime` port: the local backend (youki's libcontainer,
-//! overlayfs, cgroups, a precompiled seccomp profile) and a fake for tests without root.
+//! overlayfs on loop-mounted ext4 layers, cgroups, a precompiled seccomp profile) and a fake
+//! for tests without root.
 
 mod cgroups;
+mod disk;
 mod executor;
 pub mod fake;
 pub mod helper;
 pub mod image;
 mod local;
 mod mounts;
+pub mod network;
 pub mod oci;
 mod process_tree;
 pub mod seccomp;
+mod sweep;
 
 pub use fake::FakeRuntime;
 pub use local::{LocalConfig, LocalRuntime};

@@ -2,11 +2,14 @@
 //!
 //! On disk, under `<data-dir>/runtime/`:
 //! - `state/<id>/`: libcontainer's state of each running sandbox;
-//! - `sandboxes/<id>/`: `bundle/config.json`, the overlay `upper/<n>` and `work/<n>` of each
-//!   image layer, and `rootfs/`, where the overlays are mounted while the sandbox runs;
+//! - `sandboxes/<id>/`: `bundle/config.json`; `disk.img`, the writable layer, an ext4 image
+//!   of the sandbox's `disk_mib` (see `disk.rs`) mounted at `layer/` while the sandbox runs,
+//!   holding the overlay `upper/<n>` and `work/<n>` of each image layer; and `rootfs/`, where
+//!   the overlays are mounted while the sandbox runs;
+//! - `disks/`: one formatted, sparse ext4 template per disk size, copied for each sandbox;
 //! - `images/<name>/`: image trees; `airlock-init`, `seccomp.bpf`: shared by all sandboxes.
 //!
-//! Overlay mounts live in the host's mount namespace, made and removed by the server;
+//! Layer and overlay mounts live in the host's mount namespace, made and removed by the server;
 //! everything that forks (create, exec) runs in the helper process (`helper.rs`). Files,
 //! mounts, kill and delete do not fork and run here, always on blocking threads.
 
@@ -15,14 +18,14 @@ use std::fs;
 use std::io::Read;
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::PermissionsExt;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use airlock_core::ids::{EnvironmentId, Name};
 use airlock_core::model::{ExecOutput, ExecSpec, NetworkMode, Usage};
-use airlock_core::ports::{Runtime, RuntimeError, SandboxSpec, SandboxState};
+use airlock_core::ports::{Remnant, Runtime, RuntimeError, SandboxSpec, SandboxState};
 use async_trait::async_trait;
 use libcontainer::container::{Container, ContainerStatus};
 use libcontainer::signal::Signal;
@@ -31,11 +34,14 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 use tokio::process::Command;
 
 use crate::cgroups::SandboxCgroup;
+use crate::disk::{self, Disks};
 use crate::helper::{ExecStatus, HELPER_ARG, HelperRequest, STATUS_FD};
 use crate::image::{self, Image};
 use crate::mounts;
+use crate::network::{self, EgressConfig, EgressPlan};
 use crate::oci::{self, SpecInputs};
 use crate::seccomp::CompiledProfile;
+use crate::sweep;
 
 /// The sandbox init, built by `build.rs`.
 const INIT_BINARY: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/airlock-init"));
@@ -46,6 +52,10 @@ pub struct LocalConfig {
     pub root: PathBuf,
     /// The airlock executable, run as the helper (`airlock __runtime …`).
     pub helper: PathBuf,
+    /// Offer the `egress` network mode (installs the host-wide firewall at start).
+    pub egress: bool,
+    /// Destinations (CIDR) egress sandboxes may reach although they are private.
+    pub egress_allow: Vec<String>,
 }
 
 pub struct LocalRuntime {
@@ -59,9 +69,15 @@ struct Host {
     root: PathBuf,
     helper: PathBuf,
     images: HashMap<String, Image>,
+    /// The templates of the sandboxes' disk images.
+    disks: Disks,
     /// Parent of every sandbox's cgroup, distinct per data directory so that two airlock
     /// instances on one host never touch each other's sandboxes.
     cgroup_parent: String,
+    /// Six hex digits naming this instance (data directory) in host-wide names.
+    instance: String,
+    /// Set when `egress` sandboxes can be made here.
+    egress: Option<EgressConfig>,
 }
 
 fn failed(context: &str, error: impl std::fmt::Display) -> RuntimeError {
@@ -108,6 +124,8 @@ impl LocalRuntime {
             .and_then(|profile| profile.save(&root.join("seccomp.bpf")))
             .map_err(|e| failed("preparing the seccomp profile", e))?;
 
+        let disks = Disks::open(&root.join("disks"))
+            .map_err(|e| failed("preparing the disks of the writable layers", e))?;
         let default = image::build_default(&root.join("images/default"))
             .map_err(|e| failed("building the default image", e))?;
         let digest = Sha256::digest(root.to_string_lossy().as_bytes());
@@ -116,11 +134,26 @@ impl LocalRuntime {
             .take(6)
             .map(|byte| format!("{byte:02x}"))
             .collect();
+        let egress = config
+            .egress
+            .then(|| EgressConfig::from_host(config.egress_allow));
+        let egress = match egress.map(|egress| network::install_firewall(&egress).map(|()| egress))
+        {
+            None => None,
+            Some(Ok(egress)) => Some(egress),
+            Some(Err(error)) => {
+                tracing::warn!(%error, "the egress network mode is unavailable");
+                None
+            }
+        };
         let host = Host {
             root,
             helper: config.helper,
             images: HashMap::from([(default.name.clone(), default)]),
+            disks,
             cgroup_parent: format!("/airlock/{instance}"),
+            instance,
+            egress,
         };
         Ok(Self {
             host: Arc::new(host),
@@ -144,11 +177,19 @@ impl LocalRuntime {
     }
 
     async fn run_create_helper(&self, spec: &SandboxSpec) -> Result<(), RuntimeError> {
+        let egress = match spec.network {
+            NetworkMode::None => None,
+            NetworkMode::Egress => Some(EgressPlan {
+                instance: self.host.instance.clone(),
+                environment: spec.id.to_string(),
+            }),
+        };
         let request = HelperRequest::Create {
             state_root: self.host.state_root(),
             id: spec.id.to_string(),
             bundle: self.host.sandbox_dir(&spec.id).join("bundle"),
             seccomp: self.host.seccomp_path(),
+            egress,
         };
         let output = self
             .helper_command(&request)
@@ -197,7 +238,11 @@ impl LocalRuntime {
         .await?;
         let prepared = {
             let spec = spec.clone();
-            self.blocking(move |host| host.prepare(&spec)).await
+            self.blocking(move |host| {
+                host.prepare(&spec)?;
+                host.write_network_files(&spec)
+            })
+            .await
         };
         let booted = match prepared {
             Ok(()) => self.run_create_helper(spec).await,
@@ -209,7 +254,8 @@ impl LocalRuntime {
                 .blocking(move |host| {
                     let _ = host.kill_and_forget(&id);
                     let dir = host.sandbox_dir(&id);
-                    let _ = mounts::unmount_all_under(&dir.join("rootfs"));
+                    // The overlays, then the layer, whose loop device detaches with it.
+                    let _ = mounts::unmount_all_under(&dir);
                     if fresh {
                         let _ = fs::remove_dir_all(&dir);
                     }
@@ -223,22 +269,10 @@ impl LocalRuntime {
 }
 
 impl Host {
-    /// Removes this instance's (empty) parent cgroups; called when no sandbox remains.
+    /// Removes this instance's (empty) parent cgroups, in every hierarchy, v1 or v2; called
+    /// when no sandbox remains and none is being made.
     pub fn release_cgroup_parent(&self) {
-        let Ok(hierarchies) = fs::read_dir("/sys/fs/cgroup") else {
-            return;
-        };
-        for hierarchy in hierarchies.flatten() {
-            let parent = hierarchy
-                .path()
-                .join(self.cgroup_parent.trim_start_matches('/'));
-            if fs::remove_dir(&parent).is_ok() {
-                // The shared `/airlock` level goes too once no instance uses it.
-                if let Some(shared) = parent.parent() {
-                    let _ = fs::remove_dir(shared);
-                }
-            }
-        }
+        sweep::release_parent(&self.cgroup_parent);
     }
 
     fn cgroup_path(&self, id: &EnvironmentId) -> String {
@@ -273,9 +307,10 @@ impl Host {
         let dir = self.sandbox_dir(&spec.id);
         let rootfs = dir.join("rootfs");
         mounts::unmount_all_under(&rootfs).map_err(|e| failed("clearing old mounts", e))?;
+        let writable = self.mount_layer(&dir, spec.resources.disk_mib)?;
         for (index, layer) in image.layers.iter().enumerate() {
-            let upper = dir.join("upper").join(index.to_string());
-            let work = dir.join("work").join(index.to_string());
+            let upper = writable.join("upper").join(index.to_string());
+            let work = writable.join("work").join(index.to_string());
             for path in [&upper, &work] {
                 fs::create_dir_all(path).map_err(|e| failed("creating the writable layer", e))?;
             }
@@ -300,6 +335,50 @@ impl Host {
         Ok(())
     }
 
+    /// Mounts the sandbox's writable layer at `layer/` and returns where its overlay
+    /// directories go: its `disk.img`, made from the template of `disk_mib` on first use, or
+    /// kept from before a stop. A layer still mounted (a stop cut short) is used as it is.
+    fn mount_layer(&self, dir: &Path, disk_mib: u64) -> Result<PathBuf, RuntimeError> {
+        let image = dir.join(disk::IMAGE);
+        let layer = dir.join(disk::LAYER);
+        if disk::is_mounted(&layer) {
+            return Ok(layer);
+        }
+        if image.exists() {
+            // Its last loop device must be gone: two at once would corrupt the filesystem.
+            disk::wait_until_detached(&image, Duration::from_secs(2))
+                .map_err(|e| failed("mounting the writable layer", e))?;
+        } else if dir.join("upper").exists() {
+            // Made before writable layers had a size: its directories stay where they are.
+            tracing::warn!(sandbox = %dir.display(), "the writable layer has no disk limit");
+            return Ok(dir.to_owned());
+        } else {
+            self.disks
+                .provision(&image, disk_mib)
+                .map_err(|e| failed("making the writable layer", e))?;
+        }
+        disk::mount_image(&image, &layer).map_err(|e| failed("mounting the writable layer", e))?;
+        Ok(layer)
+    }
+
+    /// Points an egress sandbox's resolver at the host's (rewritten at every start, so a
+    /// change on the host reaches stopped sandboxes too).
+    fn write_network_files(&self, spec: &SandboxSpec) -> Result<(), RuntimeError> {
+        if let (NetworkMode::Egress, Some(egress)) = (spec.network, &self.egress) {
+            let etc = self.sandbox_dir(&spec.id).join("rootfs/etc");
+            fs::write(etc.join("resolv.conf"), egress.resolv_conf())
+                .map_err(|e| failed("writing resolv.conf", e))?;
+        }
+        Ok(())
+    }
+
+    /// Deletes the sandbox's host link now rather than when the kernel gets round to
+    /// destroying its network namespace.
+    fn remove_network(&self, id: &EnvironmentId) -> Result<(), RuntimeError> {
+        network::remove_links(&self.instance, id.as_str())
+            .map_err(|e| failed("removing the network link", e))
+    }
+
     fn make_sandbox_dir(&self, id: &EnvironmentId) -> Result<(), RuntimeError> {
         let dir = self.sandbox_dir(id);
         fs::create_dir(&dir).map_err(|e| failed("creating the sandbox directory", e))?;
@@ -307,17 +386,39 @@ impl Host {
             .map_err(|e| failed("securing the sandbox directory", e))
     }
 
-    /// Kills the sandbox's processes and deletes libcontainer's state and cgroups.
+    /// Kills the sandbox's processes and deletes libcontainer's state and cgroups, with what
+    /// a crash leaves outside that state: a create helper of a killed server still at work
+    /// (killed first, so that nothing goes on making the sandbox), cgroups libcontainer never
+    /// recorded or could not remove (their processes are killed), a half-written state.
     fn kill_and_forget(&self, id: &EnvironmentId) -> Result<(), RuntimeError> {
+        sweep::kill_create_helpers(&self.state_root(), id.as_str());
         let container_root = self.state_root().join(id.as_str());
-        if !container_root.exists() {
-            return Ok(());
+        if container_root.exists()
+            && let Err(error) = Self::delete_container(&container_root)
+        {
+            // Cleared below by hand: the cgroups, then the state.
+            tracing::warn!(environment = %id, %error, "libcontainer could not delete the sandbox");
         }
-        let mut container = match Container::load(container_root.clone()) {
+        if sweep::remove_cgroups(&self.cgroup_parent, id.as_str())
+            .map_err(|e| failed("removing the sandbox's cgroups", e))?
+        {
+            tracing::warn!(environment = %id, "removed cgroups the sandbox's state did not account for");
+        }
+        match fs::remove_dir_all(&container_root) {
+            Ok(()) => Ok(()),
+            Err(error) if error.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(error) => Err(failed("removing sandbox state", error)),
+        }
+    }
+
+    /// Kills the container whose state is at `container_root` and deletes it (state and
+    /// cgroups) through libcontainer.
+    fn delete_container(container_root: &Path) -> Result<(), RuntimeError> {
+        let mut container = match Container::load(container_root.to_owned()) {
             Ok(container) => container,
             // A half-written state directory: nothing can run from it.
             Err(_) => {
-                return fs::remove_dir_all(&container_root)
+                return fs::remove_dir_all(container_root)
                     .map_err(|e| failed("removing sandbox state", e));
             }
         };
@@ -353,22 +454,70 @@ impl Host {
         }
     }
 
+    /// Every sandbox with anything on the host: runtime state, a directory (mounts live in
+    /// it), a cgroup under this instance's parent, a create helper at work, a network device.
     fn list(&self) -> Result<Vec<EnvironmentId>, RuntimeError> {
-        let mut ids = std::collections::BTreeSet::new();
+        // Each name found, with where, for the warning about a foreign one.
+        let mut names: Vec<(String, String)> = Vec::new();
         for dir in [self.state_root(), self.root.join("sandboxes")] {
             for entry in fs::read_dir(&dir).map_err(|e| failed("listing sandboxes", e))? {
                 let entry = entry.map_err(|e| failed("listing sandboxes", e))?;
-                match EnvironmentId::parse(&entry.file_name().to_string_lossy()) {
-                    Ok(id) => {
-                        ids.insert(id);
-                    }
-                    Err(_) => {
-                        tracing::warn!(path = %entry.path().display(), "ignoring a foreign entry in the runtime directory")
-                    }
+                let name = entry.file_name().to_string_lossy().into_owned();
+                names.push((name, entry.path().display().to_string()));
+            }
+        }
+        for name in sweep::cgroup_names(&self.cgroup_parent) {
+            let place = format!("cgroup {}/{name}", self.cgroup_parent);
+            names.push((name, place));
+        }
+        for helper in sweep::create_helpers(&self.state_root()) {
+            names.push((helper.id, format!("helper process {}", helper.pid)));
+        }
+        for name in sweep::network_owners(&self.instance) {
+            let place = format!("network link of {name}");
+            names.push((name, place));
+        }
+        let mut ids = std::collections::BTreeSet::new();
+        for (name, place) in names {
+            match EnvironmentId::parse(&name) {
+                Ok(id) => {
+                    ids.insert(id);
                 }
+                Err(_) => tracing::warn!(%place, "ignoring a foreign entry among sandboxes"),
             }
         }
         Ok(ids.into_iter().collect())
+    }
+
+    /// What the host holds of the sandbox, in [`Remnant`] order.
+    fn remnants(&self, id: &EnvironmentId) -> Vec<Remnant> {
+        let dir = self.sandbox_dir(id);
+        let found = [
+            (
+                Remnant::Helper,
+                sweep::create_helpers(&self.state_root())
+                    .iter()
+                    .any(|helper| helper.id == id.as_str()),
+            ),
+            (Remnant::State, self.state_root().join(id.as_str()).exists()),
+            (
+                Remnant::Cgroup,
+                !sweep::cgroup_dirs(&self.cgroup_parent, id.as_str()).is_empty(),
+            ),
+            (
+                Remnant::Mounts,
+                mounts::mounts_under(&dir).is_ok_and(|points| !points.is_empty()),
+            ),
+            (Remnant::Directory, dir.exists()),
+            (
+                Remnant::Network,
+                sweep::network_owners(&self.instance).contains(id.as_str()),
+            ),
+        ];
+        found
+            .into_iter()
+            .filter_map(|(remnant, present)| present.then_some(remnant))
+            .collect()
     }
 }
 
@@ -379,7 +528,10 @@ impl Runtime for LocalRuntime {
     }
 
     fn supports_network(&self, mode: NetworkMode) -> bool {
-        mode == NetworkMode::None
+        match mode {
+            NetworkMode::None => true,
+            NetworkMode::Egress => self.host.egress.is_some(),
+        }
     }
 
     async fn create(&self, spec: &SandboxSpec) -> Result<(), RuntimeError> {
@@ -394,8 +546,9 @@ impl Runtime for LocalRuntime {
         let id = id.clone();
         self.blocking(move |host| {
             host.kill_and_forget(&id)?;
-            mounts::unmount_all_under(&host.sandbox_dir(&id).join("rootfs"))
-                .map_err(|e| failed("unmounting", e))
+            host.remove_network(&id)?;
+            // The overlays, then the layer, whose loop device detaches with it; its image stays.
+            mounts::unmount_all_under(&host.sandbox_dir(&id)).map_err(|e| failed("unmounting", e))
         })
         .await
     }
@@ -404,7 +557,9 @@ impl Runtime for LocalRuntime {
         let id = id.clone();
         self.blocking(move |host| {
             host.kill_and_forget(&id)?;
+            host.remove_network(&id)?;
             let dir = host.sandbox_dir(&id);
+            // The overlays, then the layer (detaching its loop device), then every file.
             mounts::unmount_all_under(&dir).map_err(|e| failed("unmounting", e))?;
             match fs::remove_dir_all(&dir) {
                 Ok(()) => Ok(()),
@@ -505,7 +660,10 @@ impl Runtime for LocalRuntime {
     async fn usage(&self, id: &EnvironmentId) -> Result<Usage, RuntimeError> {
         let id = id.clone();
         self.blocking(move |host| match host.inspect(&id) {
-            SandboxState::Running => Ok(host.cgroup(&id).usage()),
+            SandboxState::Running => Ok(Usage {
+                disk_bytes: disk::used_bytes(&host.sandbox_dir(&id).join(disk::LAYER)),
+                ..host.cgroup(&id).usage()
+            }),
             _ => Err(RuntimeError::NotRunning),
         })
         .await
@@ -513,6 +671,11 @@ impl Runtime for LocalRuntime {
 
     async fn list(&self) -> Result<Vec<EnvironmentId>, RuntimeError> {
         self.blocking(Host::list).await
+    }
+
+    async fn remnants(&self, id: &EnvironmentId) -> Result<Vec<Remnant>, RuntimeError> {
+        let id = id.clone();
+        self.blocking(move |host| Ok(host.remnants(&id))).await
     }
 }
 

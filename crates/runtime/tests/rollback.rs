@@ -1,5 +1,5 @@
-//! A create that fails half-way leaves nothing on the host: no mounts, no directories, no
-//! cgroups, no libcontainer state.
+//! A create that fails half-way leaves nothing on the host: no mounts, no loop devices, no
+//! directories, no cgroups, no libcontainer state.
 
 use airlock_core::ids::{EnvironmentId, Name};
 use airlock_core::model::Resources;
@@ -25,6 +25,8 @@ async fn a_failed_create_rolls_back_everything() {
     let runtime = LocalRuntime::open(LocalConfig {
         root: dir.path().join("runtime"),
         helper: "/nonexistent/airlock".into(),
+        egress: false,
+        egress_allow: Vec::new(),
     })
     .unwrap();
     let id = EnvironmentId::generate();
@@ -47,6 +49,15 @@ async fn a_failed_create_rolls_back_everything() {
         !mounts.contains(dir.path().to_str().unwrap()),
         "mounts left behind"
     );
+    // The writable layer's loop device went with its mount.
+    for device in std::fs::read_dir("/sys/block").unwrap().flatten() {
+        let backing = std::fs::read_to_string(device.path().join("loop/backing_file"));
+        assert!(
+            !backing.is_ok_and(|file| file.starts_with(dir.path().to_str().unwrap())),
+            "{:?} left attached",
+            device.file_name()
+        );
+    }
     assert!(
         !dir.path()
             .join("runtime/sandboxes")

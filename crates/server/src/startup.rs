@@ -29,6 +29,10 @@ pub struct ServerConfig {
     pub helper: PathBuf,
     pub limits: Limits,
     pub reconcile_every: Duration,
+    /// Offer the `egress` network mode.
+    pub egress: bool,
+    /// CIDRs egress environments may reach although private.
+    pub egress_allow: Vec<String>,
 }
 
 /// A started server: where it listens, and the admin secret if this start created it.
@@ -55,6 +59,8 @@ pub async fn start(config: ServerConfig) -> Result<Started> {
     let runtime = LocalRuntime::open(LocalConfig {
         root: config.data_dir.join("runtime"),
         helper: config.helper.clone(),
+        egress: config.egress,
+        egress_allow: config.egress_allow.clone(),
     })
     .context(
         "preparing the local isolation backend (it needs root, namespaces, cgroups and overlayfs)",
@@ -153,6 +159,8 @@ pub async fn purge(data_dir: &std::path::Path, helper: PathBuf) -> Result<usize>
     let runtime = LocalRuntime::open(LocalConfig {
         root: data_dir.join("runtime"),
         helper,
+        egress: false,
+        egress_allow: Vec::new(),
     })?;
     let sandboxes = runtime.list().await?;
     for id in &sandboxes {
@@ -161,6 +169,8 @@ pub async fn purge(data_dir: &std::path::Path, helper: PathBuf) -> Result<usize>
             .await
             .with_context(|| format!("destroying {id}"))?;
     }
+    // Safe here, unlike while serving: no create can be making a cgroup under the parent.
+    runtime.release_cgroup_parent();
     Ok(sandboxes.len())
 }
 

@@ -128,6 +128,72 @@ impl Server {
     }
 }
 
+impl Server {
+    /// This instance's cgroup parent, `<hierarchy>/airlock/<instance>`, in every cgroup
+    /// hierarchy mounted (each v1 controller's and the v2 tree), whether it exists or not.
+    /// `<instance>` is derived from the runtime directory as the runtime does.
+    pub fn cgroup_parents(&self) -> Vec<PathBuf> {
+        use sha2::Digest;
+        let root = self
+            .data_dir
+            .join("runtime")
+            .canonicalize()
+            .expect("the runtime directory exists once the server started");
+        let digest = sha2::Sha256::digest(root.to_string_lossy().as_bytes());
+        let instance: String = digest
+            .iter()
+            .take(6)
+            .map(|byte| format!("{byte:02x}"))
+            .collect();
+        let info = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+        let mut parents: Vec<PathBuf> = info
+            .lines()
+            .filter_map(|line| {
+                let (before, after) = line.split_once(" - ")?;
+                let fs_type = after.split(' ').next()?;
+                let point = before.split(' ').nth(4)?;
+                matches!(fs_type, "cgroup" | "cgroup2")
+                    .then(|| Path::new(point).join("airlock").join(&instance))
+            })
+            .collect();
+        parents.sort();
+        parents.dedup();
+        parents
+    }
+
+    /// The names of the cgroups under this instance's parent, in any hierarchy.
+    pub fn cgroup_dirs(&self) -> Vec<String> {
+        let mut names: Vec<String> = self
+            .cgroup_parents()
+            .iter()
+            .flat_map(|parent| {
+                list_dir(parent)
+                    .into_iter()
+                    .filter(|name| parent.join(name).is_dir())
+                    .collect::<Vec<_>>()
+            })
+            .collect();
+        names.sort();
+        names.dedup();
+        names
+    }
+
+    /// Live runtime helpers (`airlock __runtime …`) working in this data directory.
+    pub fn helper_processes(&self) -> Vec<i32> {
+        let needle = self.data_dir.to_string_lossy().to_string();
+        std::fs::read_dir("/proc")
+            .unwrap()
+            .flatten()
+            .filter_map(|entry| entry.file_name().to_str()?.parse::<i32>().ok())
+            .filter(|pid| {
+                let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+                let cmdline = String::from_utf8_lossy(&cmdline);
+                cmdline.contains("\0__runtime\0") && cmdline.contains(&needle)
+            })
+            .collect()
+    }
+}
+
 impl Drop for Server {
     fn drop(&mut self) {
         self.kill();
@@ -231,6 +297,52 @@ impl Api {
             headers,
             body,
         }
+    }
+
+    /// The same principal against `server` as it is now (a restart moves it to a new port).
+    pub fn on(&self, server: &Server) -> Api {
+        Api {
+            http: self.http.clone(),
+            url: server.url.clone(),
+            token: self.token.clone(),
+        }
+    }
+
+    /// Like [`Api::call`], but `None` when no answer came (the server died meanwhile).
+    pub async fn try_call(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<Value>,
+        headers: &[(&str, &str)],
+    ) -> Option<Answer> {
+        let mut request = self
+            .http
+            .request(method, format!("{}{path}", self.url))
+            .timeout(Duration::from_secs(120));
+        if let Some(token) = &self.token {
+            request = request.bearer_auth(token);
+        }
+        for (name, value) in headers {
+            request = request.header(*name, *value);
+        }
+        if let Some(body) = body {
+            request = request.json(&body);
+        }
+        let response = request.send().await.ok()?;
+        let status = response.status();
+        let headers = response.headers().clone();
+        let text = response.text().await.ok()?;
+        let body = if text.is_empty() {
+            Value::Null
+        } else {
+            serde_json::from_str(&text).unwrap_or(Value::String(text))
+        };
+        Some(Answer {
+            status,
+            headers,
+            body,
+        })
     }
 
     pub async fn get(&self, path: &str) -> (StatusCode, Value) {
