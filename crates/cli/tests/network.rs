@@ -308,3 +308,62 @@ async fn a_bad_network_mode_is_refused_and_creates_nothing() {
     let (_, list) = alice.get("/v1/environments").await;
     assert_eq!(list["items"].as_array().unwrap().len(), 1);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn egress_survives_a_server_crash_and_orphan_links_are_removed() {
+    if !common::can_run_sandboxes("egress_survives_a_server_crash_and_orphan_links_are_removed") {
+        return;
+    }
+    let mut server = Server::start();
+    let outside = Outside::start();
+    let alice = server.user("alice").await;
+    let egress = alice.create(json!({ "network": "egress" })).await;
+    let (connected, output) = connect(&alice, &egress, OUTSIDE, outside.port).await;
+    assert!(connected, "{output}");
+
+    // While the server is down, a link appears that no record explains (as if a server died
+    // between making a link and recording its sandbox).
+    server.kill();
+    let instance = server.instance();
+    let orphan_environment = "env_01m81zd1xvzkvw7rz62fdf92zz";
+    let orphan = format!("alk{}16383", &instance[..6]);
+    let ip = |args: &[&str]| {
+        let status = Command::new("ip").args(args).status().unwrap();
+        assert!(status.success(), "ip {args:?}");
+    };
+    ip(&[
+        "link",
+        "add",
+        &orphan,
+        "type",
+        "veth",
+        "peer",
+        "name",
+        "altorphan",
+    ]);
+    ip(&[
+        "link",
+        "set",
+        "dev",
+        &orphan,
+        "alias",
+        &format!("airlock {instance} {orphan_environment}"),
+    ]);
+
+    let alice = {
+        server.restart();
+        alice.on(&server)
+    };
+    assert!(
+        links_of(orphan_environment).is_empty(),
+        "the orphan link must be removed at start"
+    );
+    let (_, environment) = alice.get(&format!("/v1/environments/{egress}")).await;
+    assert_eq!(environment["state"], "running");
+    let (connected, output) = connect(&alice, &egress, OUTSIDE, outside.port).await;
+    assert!(connected, "after the restart: {output}");
+
+    let (status, _) = alice.delete(&format!("/v1/environments/{egress}")).await;
+    assert_eq!(status, StatusCode::NO_CONTENT);
+    assert!(links_of(&egress).is_empty());
+}

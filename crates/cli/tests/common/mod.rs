@@ -129,10 +129,9 @@ impl Server {
 }
 
 impl Server {
-    /// This instance's cgroup parent, `<hierarchy>/airlock/<instance>`, in every cgroup
-    /// hierarchy mounted (each v1 controller's and the v2 tree), whether it exists or not.
-    /// `<instance>` is derived from the runtime directory as the runtime does.
-    pub fn cgroup_parents(&self) -> Vec<PathBuf> {
+    /// The name of this server's instance in host-wide names (cgroups, network links),
+    /// derived from the runtime directory as the runtime does.
+    pub fn instance(&self) -> String {
         use sha2::Digest;
         let root = self
             .data_dir
@@ -140,11 +139,18 @@ impl Server {
             .canonicalize()
             .expect("the runtime directory exists once the server started");
         let digest = sha2::Sha256::digest(root.to_string_lossy().as_bytes());
-        let instance: String = digest
+        digest
             .iter()
             .take(6)
             .map(|byte| format!("{byte:02x}"))
-            .collect();
+            .collect()
+    }
+
+    /// This instance's cgroup parent, `<hierarchy>/airlock/<instance>`, in every cgroup
+    /// hierarchy mounted (each v1 controller's and the v2 tree), whether it exists or not.
+    /// `<instance>` is derived from the runtime directory as the runtime does.
+    pub fn cgroup_parents(&self) -> Vec<PathBuf> {
+        let instance = self.instance();
         let info = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
         let mut parents: Vec<PathBuf> = info
             .lines()
