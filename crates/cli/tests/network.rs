@@ -4,7 +4,7 @@
 //! is gone with the environment.
 //!
 //! "The outside" is a network namespace this test makes: a veth to the host with an address
-//! from a documentation range (198.51.100.0/30, neither private nor link-local), and a TCP
+//! from a documentation range (a /30 of 198.51.100.0/24, neither private nor link-local), and a TCP
 //! server in it that answers with the address it sees, which proves the NAT.
 
 mod common;
@@ -16,8 +16,8 @@ use common::{Api, Server};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 
-const OUTSIDE: &str = "198.51.100.2";
-const OUTSIDE_GATEWAY: &str = "198.51.100.1";
+/// Tests of this file run at once: each outside gets its own names and /30.
+static OUTSIDES: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
 
 /// A namespace standing in for the internet, removed on drop.
 struct Outside {
@@ -25,11 +25,19 @@ struct Outside {
     host_link: String,
     server: Child,
     port: u16,
+    /// The server's address, in 198.51.100.0/24.
+    address: String,
+    /// The host's address on the link to it: what the server sees after NAT.
+    gateway: String,
 }
 
 impl Outside {
     fn start() -> Outside {
-        let tag = std::process::id() % 100_000;
+        let index = OUTSIDES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        assert!(index < 60, "198.51.100.0/24 holds 64 /30s");
+        let gateway = format!("198.51.100.{}", index * 4 + 1);
+        let address = format!("198.51.100.{}", index * 4 + 2);
+        let tag = format!("{}{index}", std::process::id() % 100_000);
         let namespace = format!("airlock-test-{tag}");
         let host_link = format!("altout{tag}");
         let peer = format!("altin{tag}");
@@ -48,23 +56,17 @@ impl Outside {
             "link", "add", &host_link, "type", "veth", "peer", "name", &peer,
         ]);
         ip(&["link", "set", &peer, "netns", &namespace]);
-        ip(&[
-            "addr",
-            "add",
-            &format!("{OUTSIDE_GATEWAY}/30"),
-            "dev",
-            &host_link,
-        ]);
+        ip(&["addr", "add", &format!("{gateway}/30"), "dev", &host_link]);
         ip(&["link", "set", &host_link, "up"]);
         let inside = |args: &[&str]| {
             let mut all = vec!["netns", "exec", &namespace, "ip"];
             all.extend_from_slice(args);
             ip(&all);
         };
-        inside(&["addr", "add", &format!("{OUTSIDE}/30"), "dev", &peer]);
+        inside(&["addr", "add", &format!("{address}/30"), "dev", &peer]);
         inside(&["link", "set", &peer, "up"]);
         inside(&["link", "set", "lo", "up"]);
-        inside(&["route", "add", "default", "via", OUTSIDE_GATEWAY]);
+        inside(&["route", "add", "default", "via", &gateway]);
         // Answers every connection with the peer address it sees, then closes.
         let script = "import socket\n\
                       s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)\n\
@@ -86,6 +88,8 @@ impl Outside {
             host_link,
             server,
             port,
+            address,
+            gateway,
         }
     }
 }
@@ -173,10 +177,10 @@ async fn egress_reaches_the_outside_through_nat_and_nothing_internal() {
     assert_eq!(environment["network"], "none", "none is the default");
 
     // The outside answers, and sees the host's address: the sandbox's own is NATed away.
-    let (connected, output) = connect(&alice, &egress, OUTSIDE, outside.port).await;
+    let (connected, output) = connect(&alice, &egress, &outside.address, outside.port).await;
     assert!(connected, "{output}");
     assert!(
-        output.contains(&format!("seen {OUTSIDE_GATEWAY}")),
+        output.contains(&format!("seen {}", outside.gateway)),
         "{output}"
     );
 
@@ -252,7 +256,7 @@ async fn egress_reaches_the_outside_through_nat_and_nothing_internal() {
     // `none` has loopback only: the outside does not exist for it.
     let links = alice.sh(&isolated, "ls /sys/class/net").await;
     assert_eq!(links["stdout"], "lo\n");
-    let (connected, output) = connect(&alice, &isolated, OUTSIDE, outside.port).await;
+    let (connected, output) = connect(&alice, &isolated, &outside.address, outside.port).await;
     assert!(!connected, "{output}");
 
     // Stopping takes the link away, starting brings a working one back.
@@ -269,7 +273,7 @@ async fn egress_reaches_the_outside_through_nat_and_nothing_internal() {
         .post(&format!("/v1/environments/{egress}/start"), json!({}))
         .await;
     assert_eq!(status, StatusCode::OK);
-    let (connected, output) = connect(&alice, &egress, OUTSIDE, outside.port).await;
+    let (connected, output) = connect(&alice, &egress, &outside.address, outside.port).await;
     assert!(connected, "after a restart: {output}");
 
     // Deleting removes the link at once.
@@ -318,7 +322,7 @@ async fn egress_survives_a_server_crash_and_orphan_links_are_removed() {
     let outside = Outside::start();
     let alice = server.user("alice").await;
     let egress = alice.create(json!({ "network": "egress" })).await;
-    let (connected, output) = connect(&alice, &egress, OUTSIDE, outside.port).await;
+    let (connected, output) = connect(&alice, &egress, &outside.address, outside.port).await;
     assert!(connected, "{output}");
 
     // While the server is down, a link appears that no record explains (as if a server died
@@ -360,7 +364,7 @@ async fn egress_survives_a_server_crash_and_orphan_links_are_removed() {
     );
     let (_, environment) = alice.get(&format!("/v1/environments/{egress}")).await;
     assert_eq!(environment["state"], "running");
-    let (connected, output) = connect(&alice, &egress, OUTSIDE, outside.port).await;
+    let (connected, output) = connect(&alice, &egress, &outside.address, outside.port).await;
     assert!(connected, "after the restart: {output}");
 
     let (status, _) = alice.delete(&format!("/v1/environments/{egress}")).await;
