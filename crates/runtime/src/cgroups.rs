@@ -1,11 +1,18 @@
-//! Reading a sandbox's cgroups: what it uses and how often the kernel OOM-killed inside it.
-//! libcontainer creates and removes the cgroups; this only reads their counters, on the
-//! cgroup v1 hierarchies (`/sys/fs/cgroup/<controller>/…`) or a unified v2 tree.
+//! airlock's own dealings with sandboxes' cgroups (libcontainer creates and removes them):
+//! reading a sandbox's counters — what it uses, how often the kernel OOM-killed inside it —
+//! and, for the reconciler, finding cgroups by name under an instance's parent in every
+//! hierarchy (v1 controllers, a v2 tree, or both on a hybrid host) and removing those a crash
+//! left, with the processes in them.
 
+use std::collections::BTreeSet;
 use std::fs;
+use std::io;
 use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
 
 use airlock_core::model::Usage;
+
+use crate::process_tree;
 
 const ROOT: &str = "/sys/fs/cgroup";
 
@@ -64,6 +71,135 @@ impl SandboxCgroup {
                 cpu_nanoseconds: read_number(&self.file("cpuacct", "cpuacct.usage")).unwrap_or(0),
                 disk_bytes: None,
             }
+        }
+    }
+}
+
+// ---- leftovers, found and removed by name ----
+
+/// Where the cgroup hierarchies are mounted: each v1 controller's and the v2 tree (on a
+/// hybrid host both), from the mount table.
+fn cgroup_mounts() -> Vec<PathBuf> {
+    let Ok(info) = fs::read_to_string("/proc/self/mountinfo") else {
+        return Vec::new();
+    };
+    let mut mounts: Vec<PathBuf> = info
+        .lines()
+        .filter_map(|line| {
+            let (before, after) = line.split_once(" - ")?;
+            let fs_type = after.split(' ').next()?;
+            let point = before.split(' ').nth(4)?;
+            matches!(fs_type, "cgroup" | "cgroup2").then(|| PathBuf::from(point))
+        })
+        .collect();
+    mounts.sort();
+    mounts.dedup();
+    mounts
+}
+
+/// `parent` (e.g. `/airlock/ab12cd`) in every hierarchy.
+fn parent_dirs(parent: &str) -> Vec<PathBuf> {
+    cgroup_mounts()
+        .into_iter()
+        .map(|mount| mount.join(parent.trim_start_matches('/')))
+        .collect()
+}
+
+/// The names of the cgroups under `parent`, in any hierarchy.
+pub fn cgroup_names(parent: &str) -> BTreeSet<String> {
+    parent_dirs(parent)
+        .iter()
+        .filter_map(|dir| fs::read_dir(dir).ok())
+        .flat_map(|entries| entries.flatten())
+        .filter(|entry| entry.file_type().is_ok_and(|kind| kind.is_dir()))
+        .map(|entry| entry.file_name().to_string_lossy().into_owned())
+        .collect()
+}
+
+/// The existing cgroup directories of sandbox `name` under `parent`.
+pub fn cgroup_dirs(parent: &str, name: &str) -> Vec<PathBuf> {
+    parent_dirs(parent)
+        .into_iter()
+        .map(|dir| dir.join(name))
+        .filter(|dir| dir.is_dir())
+        .collect()
+}
+
+/// Kills every process in sandbox `name`'s cgroups and removes them, in every hierarchy.
+/// Returns whether there were any.
+pub fn remove_cgroups(parent: &str, name: &str) -> io::Result<bool> {
+    let dirs = cgroup_dirs(parent, name);
+    for dir in &dirs {
+        remove_cgroup(dir)?;
+    }
+    Ok(!dirs.is_empty())
+}
+
+/// Removes one cgroup and any below it, killing their processes first. A cgroup directory
+/// cannot be removed while a process is in it; its files go with it.
+fn remove_cgroup(dir: &Path) -> io::Result<()> {
+    if let Ok(entries) = fs::read_dir(dir) {
+        for entry in entries.flatten() {
+            if entry.file_type().is_ok_and(|kind| kind.is_dir()) {
+                remove_cgroup(&entry.path())?;
+            }
+        }
+    }
+    // Frozen processes cannot act on SIGKILL: thaw first (v1 freezer, v2 cgroup.freeze).
+    for (file, value) in [("freezer.state", "THAWED"), ("cgroup.freeze", "0")] {
+        if dir.join(file).exists() {
+            let _ = fs::write(dir.join(file), value);
+        }
+    }
+    let deadline = Instant::now() + process_tree::DEATH_TIMEOUT;
+    loop {
+        let processes = match fs::read_to_string(dir.join("cgroup.procs")) {
+            Ok(text) => text,
+            Err(error) if error.kind() == io::ErrorKind::NotFound => return Ok(()),
+            Err(error) => return Err(error),
+        };
+        let pids: Vec<i32> = processes
+            .split_whitespace()
+            .filter_map(|pid| pid.parse().ok())
+            .collect();
+        if pids.is_empty() {
+            match fs::remove_dir(dir) {
+                Ok(()) => return Ok(()),
+                Err(error) if error.kind() == io::ErrorKind::NotFound => return Ok(()),
+                // EBUSY: a process is still leaving; try again below.
+                Err(error) if Instant::now() >= deadline => return Err(error),
+                Err(_) => {}
+            }
+        } else {
+            tracing::warn!(cgroup = %dir.display(), ?pids, "killing processes left in a sandbox's cgroup");
+            // v2 kills the whole cgroup at once, racing no fork; v1 kills pid by pid, and a
+            // fork in between is caught on the next round.
+            let kill_file = dir.join("cgroup.kill");
+            if !kill_file.exists() || fs::write(&kill_file, "1").is_err() {
+                for pid in pids {
+                    // SAFETY: kill has no memory effects; a stale pid fails with ESRCH.
+                    unsafe { libc::kill(pid, libc::SIGKILL) };
+                }
+            }
+            if Instant::now() >= deadline {
+                return Err(io::Error::other(format!(
+                    "processes in {} do not die",
+                    dir.display()
+                )));
+            }
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+/// Removes `parent` (and the shared level above it once no instance uses it) from every
+/// hierarchy where it is empty. Only safe while no sandbox is being created.
+pub fn release_parent(parent: &str) {
+    for dir in parent_dirs(parent) {
+        if fs::remove_dir(&dir).is_ok()
+            && let Some(shared) = dir.parent()
+        {
+            let _ = fs::remove_dir(shared);
         }
     }
 }

@@ -6,7 +6,7 @@
 //! shims, without a resident process per sandbox).
 
 use std::collections::HashMap;
-use std::fs::File;
+use std::fs::{self, File};
 use std::io::Write;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
@@ -301,5 +301,84 @@ fn wait_with_deadline(pid: i32, deadline: Instant) -> bool {
         if ready < 0 && std::io::Error::last_os_error().kind() != std::io::ErrorKind::Interrupted {
             return true;
         }
+    }
+}
+
+// ---- create helpers an earlier server left at work ----
+
+/// A runtime helper process making or starting a sandbox (or a fork of one).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Helper {
+    pub pid: i32,
+    pub id: String,
+}
+
+/// The part of a helper's request that says what it works on (see [`HelperRequest`]).
+#[derive(Deserialize)]
+struct HelperTarget {
+    op: String,
+    state_root: PathBuf,
+    id: String,
+}
+
+/// Every live create helper working in `state_root`, from `/proc/<pid>/cmdline`. Exec
+/// helpers are left out: they only wait for a command, which dies with its sandbox's cgroup.
+pub fn create_helpers(state_root: &Path) -> Vec<Helper> {
+    let Ok(entries) = fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    let own_pid = std::process::id() as i32;
+    entries
+        .flatten()
+        .filter_map(|entry| entry.file_name().to_str()?.parse::<i32>().ok())
+        .filter(|pid| *pid != own_pid)
+        .filter_map(|pid| {
+            let cmdline = fs::read(format!("/proc/{pid}/cmdline")).ok()?;
+            let mut args = cmdline.split(|byte| *byte == 0);
+            let (_program, mode, request) = (args.next()?, args.next()?, args.next()?);
+            if mode != HELPER_ARG.as_bytes() {
+                return None;
+            }
+            let target: HelperTarget = serde_json::from_slice(request).ok()?;
+            (target.op == "create" && target.state_root == state_root)
+                .then_some(Helper { pid, id: target.id })
+        })
+        .collect()
+}
+
+/// Kills the create helpers of sandbox `id` with their process trees and waits until they
+/// are dead, so that nothing goes on making the sandbox while it is taken apart. Returns
+/// how many helpers there were.
+pub fn kill_create_helpers(state_root: &Path, id: &str) -> usize {
+    let helpers: Vec<Helper> = create_helpers(state_root)
+        .into_iter()
+        .filter(|helper| helper.id == id)
+        .collect();
+    for helper in &helpers {
+        tracing::warn!(
+            environment = id,
+            pid = helper.pid,
+            "killing a create helper left by an earlier server"
+        );
+        crate::process_tree::kill_tree(helper.pid);
+    }
+    let deadline = Instant::now() + crate::process_tree::DEATH_TIMEOUT;
+    while helpers
+        .iter()
+        .any(|helper| crate::process_tree::is_alive(helper.pid))
+        && Instant::now() < deadline
+    {
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    helpers.len()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn this_test_is_no_create_helper() {
+        assert!(create_helpers(Path::new("/nonexistent/state")).is_empty());
     }
 }

@@ -14,7 +14,6 @@ pub mod network;
 pub mod oci;
 mod process_tree;
 pub mod seccomp;
-mod sweep;
 
 pub use fake::FakeRuntime;
 pub use local::{LocalConfig, LocalRuntime};

@@ -33,15 +33,14 @@ use sha2::{Digest, Sha256};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 use tokio::process::Command;
 
-use crate::cgroups::SandboxCgroup;
+use crate::cgroups::{self, SandboxCgroup};
 use crate::disk::{self, Disks};
-use crate::helper::{ExecStatus, HELPER_ARG, HelperRequest, STATUS_FD};
+use crate::helper::{self, ExecStatus, HELPER_ARG, HelperRequest, STATUS_FD};
 use crate::image::{self, Image};
 use crate::mounts;
 use crate::network::{self, EgressConfig, EgressPlan};
 use crate::oci::{self, SpecInputs};
 use crate::seccomp::CompiledProfile;
-use crate::sweep;
 
 /// The sandbox init, built by `build.rs`.
 const INIT_BINARY: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/airlock-init"));
@@ -272,7 +271,7 @@ impl Host {
     /// Removes this instance's (empty) parent cgroups, in every hierarchy, v1 or v2; called
     /// when no sandbox remains and none is being made.
     pub fn release_cgroup_parent(&self) {
-        sweep::release_parent(&self.cgroup_parent);
+        cgroups::release_parent(&self.cgroup_parent);
     }
 
     fn cgroup_path(&self, id: &EnvironmentId) -> String {
@@ -391,7 +390,7 @@ impl Host {
     /// (killed first, so that nothing goes on making the sandbox), cgroups libcontainer never
     /// recorded or could not remove (their processes are killed), a half-written state.
     fn kill_and_forget(&self, id: &EnvironmentId) -> Result<(), RuntimeError> {
-        sweep::kill_create_helpers(&self.state_root(), id.as_str());
+        helper::kill_create_helpers(&self.state_root(), id.as_str());
         let container_root = self.state_root().join(id.as_str());
         if container_root.exists()
             && let Err(error) = Self::delete_container(&container_root)
@@ -399,7 +398,7 @@ impl Host {
             // Cleared below by hand: the cgroups, then the state.
             tracing::warn!(environment = %id, %error, "libcontainer could not delete the sandbox");
         }
-        if sweep::remove_cgroups(&self.cgroup_parent, id.as_str())
+        if cgroups::remove_cgroups(&self.cgroup_parent, id.as_str())
             .map_err(|e| failed("removing the sandbox's cgroups", e))?
         {
             tracing::warn!(environment = %id, "removed cgroups the sandbox's state did not account for");
@@ -466,14 +465,14 @@ impl Host {
                 names.push((name, entry.path().display().to_string()));
             }
         }
-        for name in sweep::cgroup_names(&self.cgroup_parent) {
+        for name in cgroups::cgroup_names(&self.cgroup_parent) {
             let place = format!("cgroup {}/{name}", self.cgroup_parent);
             names.push((name, place));
         }
-        for helper in sweep::create_helpers(&self.state_root()) {
+        for helper in helper::create_helpers(&self.state_root()) {
             names.push((helper.id, format!("helper process {}", helper.pid)));
         }
-        for name in sweep::network_owners(&self.instance) {
+        for name in network::owners(&self.instance) {
             let place = format!("network link of {name}");
             names.push((name, place));
         }
@@ -495,14 +494,14 @@ impl Host {
         let found = [
             (
                 Remnant::Helper,
-                sweep::create_helpers(&self.state_root())
+                helper::create_helpers(&self.state_root())
                     .iter()
                     .any(|helper| helper.id == id.as_str()),
             ),
             (Remnant::State, self.state_root().join(id.as_str()).exists()),
             (
                 Remnant::Cgroup,
-                !sweep::cgroup_dirs(&self.cgroup_parent, id.as_str()).is_empty(),
+                !cgroups::cgroup_dirs(&self.cgroup_parent, id.as_str()).is_empty(),
             ),
             (
                 Remnant::Mounts,
@@ -511,7 +510,7 @@ impl Host {
             (Remnant::Directory, dir.exists()),
             (
                 Remnant::Network,
-                sweep::network_owners(&self.instance).contains(id.as_str()),
+                network::owners(&self.instance).contains(id.as_str()),
             ),
         ];
         found

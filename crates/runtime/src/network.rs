@@ -165,6 +165,16 @@ pub fn host_links() -> Vec<HostLink> {
         .collect()
 }
 
+/// The environments that own links of this instance on the host, for the reconciler to
+/// find links a crash left behind (`remove_links` removes them).
+pub fn owners(instance: &str) -> std::collections::BTreeSet<String> {
+    host_links()
+        .into_iter()
+        .filter(|link| link.instance == instance)
+        .map(|link| link.environment)
+        .collect()
+}
+
 /// Deletes the host end of every link of `environment` (the peer goes with it).
 pub fn remove_links(instance: &str, environment: &str) -> io::Result<()> {
     for link in host_links() {

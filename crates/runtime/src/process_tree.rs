@@ -5,6 +5,7 @@
 //! appears, and only then killed.
 
 use std::collections::BTreeSet;
+use std::fs;
 
 /// The process and its descendants, from `/proc/<pid>/task/<tid>/children`.
 pub fn descendants_and_self(pid: i32) -> BTreeSet<i32> {
@@ -48,5 +49,31 @@ pub fn kill_tree(pid: i32) {
     for process in frozen {
         // SAFETY: as above.
         unsafe { libc::kill(process, libc::SIGKILL) };
+    }
+}
+
+/// How long a killed process may take to die before it counts as stuck.
+pub const DEATH_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Whether the process runs (a zombie has finished: it only waits to be reaped).
+pub fn is_alive(pid: i32) -> bool {
+    let Ok(stat) = fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return false;
+    };
+    // The state follows the parenthesised command name, which may itself hold ") ".
+    let state = stat
+        .rsplit_once(") ")
+        .and_then(|(_, rest)| rest.chars().next());
+    !matches!(state, Some('Z' | 'X') | None)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn this_process_is_alive_and_a_missing_one_is_not() {
+        assert!(is_alive(std::process::id() as i32));
+        assert!(!is_alive(i32::MAX));
     }
 }
