@@ -32,6 +32,13 @@ pub struct CreateEnvironment {
     /// the host, other environments, link-local and private addresses stay unreachable).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub network: Option<String>,
+    /// The team whose quota it counts against; the caller's only team when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub team: Option<String>,
+    /// Open the environment under this approved access request (the caller's own): it
+    /// receives the profile's secrets and network, and is destroyed when the grant ends.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub access_request: Option<String>,
 }
 
 /// Requested limits of an environment.
@@ -86,6 +93,11 @@ pub struct Environment {
     pub resources: Resources,
     /// `none` or `egress`.
     pub network: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub team: Option<String>,
+    /// The access grant it was opened under.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub access_request: Option<String>,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
     pub expires_at: DateTime<Utc>,
@@ -146,9 +158,22 @@ pub struct ExecResult {
 #[serde(deny_unknown_fields)]
 pub struct CreateUser {
     pub name: String,
-    /// `admin` or `developer` (the default).
+    /// Any of `admin`, `approver`, `developer` (the default), `auditor`, `viewer`, `ci`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub roles: Option<Vec<String>>,
+    /// Names of existing teams.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub teams: Option<Vec<String>>,
+}
+
+/// `PATCH /v1/users/{id}` (admin): each present field replaces the user's.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct UpdateUser {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub roles: Option<Vec<String>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub teams: Option<Vec<String>>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
@@ -156,7 +181,178 @@ pub struct User {
     pub id: String,
     pub name: String,
     pub roles: Vec<String>,
+    #[serde(default)]
+    pub teams: Vec<String>,
+    /// True for a user made from an OIDC sign-in (roles and teams follow its groups).
+    #[serde(default)]
+    pub external: bool,
     pub created_at: DateTime<Utc>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct UserList {
+    pub items: Vec<User>,
+}
+
+/// A team's limits over its live environments; an absent field is unlimited.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Quota {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_environments: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_memory_mib: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_cpus: Option<f64>,
+}
+
+/// `POST /v1/teams` (admin).
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CreateTeam {
+    pub name: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub quota: Option<Quota>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct Team {
+    pub name: String,
+    pub quota: Quota,
+    pub created_at: DateTime<Utc>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct TeamList {
+    pub items: Vec<Team>,
+}
+
+/// One secret of an access profile: where it appears inside (`env`, `file` or both) and
+/// where the server reads it (`from_file` or `from_env`). Values never pass through the API.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ProfileSecret {
+    /// An environment variable of every command run in the environment.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub env: Option<String>,
+    /// An absolute path inside the environment, written read-only for root before it starts.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub file: Option<String>,
+    /// An absolute path on the server.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub from_file: Option<String>,
+    /// An environment variable of the server process.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub from_env: Option<String>,
+}
+
+/// `POST /v1/access-profiles` (admin).
+#[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CreateAccessProfile {
+    pub name: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub description: Option<String>,
+    /// The longest grant, counted from approval.
+    pub max_duration_seconds: u64,
+    /// Distinct approvers needed (1–10), never the requester.
+    pub approvals_required: u32,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub secrets: Vec<ProfileSecret>,
+    /// The network mode of environments opened with it: `none` (default) or `egress`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub network: Option<String>,
+    /// Who may request: `role:<role>`, `team:<name>`, `user:<id>`; `role:developer` when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub requesters: Option<Vec<String>>,
+    /// Who may approve, same forms; `role:approver` when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub approvers: Option<Vec<String>>,
+}
+
+/// An access profile as shown: where secrets appear, never their values or sources.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct AccessProfile {
+    pub name: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub description: Option<String>,
+    pub max_duration_seconds: u64,
+    pub approvals_required: u32,
+    /// Where each secret appears: `env:<VAR>` and/or `file:<path>`.
+    pub secrets: Vec<String>,
+    pub network: String,
+    pub requesters: Vec<String>,
+    pub approvers: Vec<String>,
+    pub created_at: DateTime<Utc>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct AccessProfileList {
+    pub items: Vec<AccessProfile>,
+}
+
+/// `POST /v1/access-requests`.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CreateAccessRequest {
+    pub profile: String,
+    /// Why access is needed (3–1000 characters), kept in the record and the audit trail.
+    pub reason: String,
+    /// Asked length of the grant; the profile's maximum if longer.
+    pub duration_seconds: u64,
+}
+
+/// `POST /v1/access-requests/{id}/deny` and `.../revoke`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct EndAccess {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct Approval {
+    pub approver: String,
+    pub at: DateTime<Utc>,
+}
+
+/// An access request and, once approved, its grant.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct AccessRequest {
+    /// `acr_` followed by a ULID.
+    pub id: String,
+    pub profile: String,
+    pub requester: String,
+    pub reason: String,
+    /// `pending`, `approved` (the grant is active until `expires_at`), `denied`, `lapsed`,
+    /// `expired` or `revoked`.
+    pub state: String,
+    /// Length of the grant from approval.
+    pub duration_seconds: u64,
+    pub approvals_required: u32,
+    pub approvals: Vec<Approval>,
+    pub created_at: DateTime<Utc>,
+    /// When a pending request lapses.
+    pub decide_by: DateTime<Utc>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub granted_at: Option<DateTime<Utc>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expires_at: Option<DateTime<Utc>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ended_at: Option<DateTime<Utc>>,
+    /// A user id, or `system`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ended_by: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub end_reason: Option<String>,
+}
+
+/// A page of access requests, oldest first; pass `next_cursor` as `cursor` for the next.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct AccessRequestList {
+    pub items: Vec<AccessRequest>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next_cursor: Option<String>,
 }
 
 /// `POST /v1/tokens`.
@@ -166,8 +362,8 @@ pub struct CreateToken {
     /// Whose token; the caller when absent. Only an admin may name another user.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub user_id: Option<String>,
-    /// Subset of `read`, `write`, `admin`; `read` and `write` when absent. A token never gets a
-    /// scope the creating token lacks.
+    /// Subset of `read`, `write`, `access:request`, `access:approve`, `admin`; `read` and
+    /// `write` when absent. A token never gets a scope the creating token lacks.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub scopes: Option<Vec<String>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -188,6 +384,16 @@ pub struct Token {
     pub expires_at: Option<DateTime<Utc>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub description: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub revoked_at: Option<DateTime<Utc>>,
+    /// When it last authenticated a request (to the minute).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_used_at: Option<DateTime<Utc>>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct TokenList {
+    pub items: Vec<Token>,
 }
 
 /// A freshly issued token: the secret is shown here once and never again.
@@ -203,7 +409,8 @@ pub struct IssuedToken {
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct WhoAmI {
     pub user: User,
-    pub token_id: String,
+    /// The token's id, or `oidc:<subject>` for an OIDC bearer token.
+    pub credential: String,
     pub scopes: Vec<String>,
 }
 

@@ -1,4 +1,5 @@
-//! The client commands: each builds one API request and prints the answer.
+//! The client commands for environments, users and tokens: each builds one API request and
+//! prints the answer. Access requests, profiles and teams are in `access.rs`.
 
 use std::io::{Read, Write};
 
@@ -8,8 +9,9 @@ use clap::Subcommand;
 use reqwest::Method;
 
 use crate::Connection;
+use crate::access::path_segment;
 use crate::client::{Client, ConfigFile, config_path};
-use crate::output::{Spinner, print_environments, print_json, print_tokens};
+use crate::output::{Spinner, print_environments, print_json, print_tokens, print_users};
 
 #[derive(Subcommand)]
 pub enum EnvCommand {
@@ -37,6 +39,13 @@ pub enum EnvCommand {
         /// Lifetime in seconds.
         #[arg(long)]
         ttl: Option<u64>,
+        /// The team whose quota it counts against [default: your only team].
+        #[arg(long)]
+        team: Option<String>,
+        /// Open it under this approved access request of yours: it gets the profile's
+        /// secrets and network, and is destroyed when the grant ends.
+        #[arg(long, alias = "grant", value_name = "ID")]
+        access_request: Option<String>,
         /// Makes retries safe: the same key returns the same environment.
         #[arg(long)]
         idempotency_key: Option<String>,
@@ -85,9 +94,28 @@ pub enum UserCommand {
     /// Create a user.
     Create {
         name: String,
-        /// admin or developer (default).
-        #[arg(long = "role")]
+        /// admin, approver, developer (default), auditor, viewer or ci; repeatable.
+        #[arg(long = "role", value_delimiter = ',')]
         roles: Vec<String>,
+        /// A team the user belongs to (it must exist); repeatable.
+        #[arg(long = "team", value_delimiter = ',')]
+        teams: Vec<String>,
+    },
+    /// List every user (admins and auditors).
+    #[command(alias = "ls")]
+    List,
+    /// Replace a user's roles and/or teams; what is not given stays.
+    Update {
+        id: String,
+        /// The user's roles from now on; repeatable.
+        #[arg(long = "role", value_delimiter = ',')]
+        roles: Vec<String>,
+        /// The user's teams from now on; repeatable.
+        #[arg(long = "team", value_delimiter = ',', conflicts_with = "no_teams")]
+        teams: Vec<String>,
+        /// Take the user out of every team.
+        #[arg(long)]
+        no_teams: bool,
     },
 }
 
@@ -97,8 +125,9 @@ pub enum TokenCommand {
     Create {
         #[arg(long)]
         user: Option<String>,
-        /// read, write, admin (repeatable; default read and write).
-        #[arg(long = "scope")]
+        /// read, write, access:request, access:approve, admin (repeatable or
+        /// comma-separated; default read and write).
+        #[arg(long = "scope", alias = "scopes", value_delimiter = ',')]
         scopes: Vec<String>,
         /// Lifetime in seconds.
         #[arg(long)]
@@ -108,6 +137,12 @@ pub enum TokenCommand {
     },
     /// Revoke a token at once.
     Revoke { id: String },
+    /// List tokens (never their secrets): yours, or, as an admin, --user's.
+    #[command(alias = "ls")]
+    List {
+        #[arg(long)]
+        user: Option<String>,
+    },
 }
 
 /// Turns a name into an id (ids pass through).
@@ -141,6 +176,8 @@ pub async fn env(connection: &Connection, command: EnvCommand) -> Result<i32> {
             disk,
             network,
             ttl,
+            team,
+            access_request,
             idempotency_key,
         } => {
             let asked = memory.is_some() || cpus.is_some() || pids.is_some() || disk.is_some();
@@ -156,6 +193,8 @@ pub async fn env(connection: &Connection, command: EnvCommand) -> Result<i32> {
                 resources,
                 ttl_seconds: ttl,
                 network,
+                team,
+                access_request,
             };
             let headers: Vec<(&str, String)> = idempotency_key
                 .map(|key| ("idempotency-key", key))
@@ -311,22 +350,60 @@ fn print_environment(connection: &Connection, environment: &api::Environment) {
 pub async fn user(connection: &Connection, command: UserCommand) -> Result<i32> {
     let client = Client::new(connection)?;
     match command {
-        UserCommand::Create { name, roles } => {
+        UserCommand::Create { name, roles, teams } => {
             let request = api::CreateUser {
                 name,
                 roles: (!roles.is_empty()).then_some(roles),
+                teams: (!teams.is_empty()).then_some(teams),
             };
             let user: api::User = client
                 .send(Method::POST, "/v1/users", Some(&request), &[])
                 .await?;
+            print_user(connection, &user);
+        }
+        UserCommand::List => {
+            let list: api::UserList = client
+                .send(Method::GET, "/v1/users", None::<&()>, &[])
+                .await?;
             if connection.json {
-                print_json(&user);
+                print_json(&list.items);
             } else {
-                println!("{}\t{}\t{}", user.id, user.name, user.roles.join(","));
+                print_users(&list.items);
             }
+        }
+        UserCommand::Update {
+            id,
+            roles,
+            teams,
+            no_teams,
+        } => {
+            let request = api::UpdateUser {
+                roles: (!roles.is_empty()).then_some(roles),
+                teams: (no_teams || !teams.is_empty()).then_some(teams),
+            };
+            if request.roles.is_none() && request.teams.is_none() {
+                bail!("nothing to change: give --role, --team or --no-teams");
+            }
+            let user: api::User = client
+                .send(
+                    Method::PATCH,
+                    &format!("/v1/users/{}", path_segment(&id)),
+                    Some(&request),
+                    &[],
+                )
+                .await?;
+            print_user(connection, &user);
         }
     }
     Ok(0)
+}
+
+fn print_user(connection: &Connection, user: &api::User) {
+    if connection.json {
+        print_json(user);
+    } else {
+        print_users(std::slice::from_ref(user));
+    }
 }
 
 pub async fn token(connection: &Connection, command: TokenCommand) -> Result<i32> {
@@ -362,6 +439,18 @@ pub async fn token(connection: &Connection, command: TokenCommand) -> Result<i32
                 println!("revoked {id}");
             }
         }
+        TokenCommand::List { user } => {
+            let path = match user {
+                Some(user) => format!("/v1/tokens?user_id={}", path_segment(&user)),
+                None => "/v1/tokens".to_owned(),
+            };
+            let list: api::TokenList = client.send(Method::GET, &path, None::<&()>, &[]).await?;
+            if connection.json {
+                print_json(&list.items);
+            } else {
+                print_tokens(&list.items);
+            }
+        }
     }
     Ok(0)
 }
@@ -375,11 +464,11 @@ pub async fn whoami(connection: &Connection) -> Result<i32> {
         print_json(&me);
     } else {
         println!(
-            "{} ({}), roles: {}, token {} scopes: {}",
+            "{} ({}), roles: {}, credential {} scopes: {}",
             me.user.name,
             me.user.id,
             me.user.roles.join(","),
-            me.token_id,
+            me.credential,
             me.scopes.join(",")
         );
     }

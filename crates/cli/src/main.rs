@@ -2,6 +2,7 @@
 //! client of its HTTP API. `airlock __runtime` is the internal runtime helper (see
 //! `airlock_runtime::helper`), selected before anything else starts.
 
+mod access;
 mod client;
 mod commands;
 mod output;
@@ -49,9 +50,15 @@ enum Command {
     /// Manage users (admin).
     #[command(subcommand)]
     User(commands::UserCommand),
-    /// Issue and revoke API tokens.
+    /// Issue, list and revoke API tokens.
     #[command(subcommand)]
     Token(commands::TokenCommand),
+    /// Create teams and set their quotas (admin); list them.
+    #[command(subcommand)]
+    Team(access::TeamCommand),
+    /// Ask for, approve, deny and revoke time-boxed access; manage access profiles.
+    #[command(subcommand)]
+    Access(access::AccessCommand),
     /// Show who the current token belongs to.
     Whoami,
     /// Destroy every environment's sandbox in a data directory (the server must be stopped).
@@ -92,6 +99,50 @@ struct ServerArgs {
         value_parser = parse_ipv4_cidr
     )]
     egress_allow: Vec<String>,
+    /// A Cedar policy file, added to the built-in role policies (see docs/POLICY.md).
+    #[arg(long = "policy", value_name = "FILE", env = "AIRLOCK_POLICY")]
+    policy_file: Option<PathBuf>,
+    /// Use only the policy file's policies, not the built-in ones.
+    #[arg(
+        long,
+        env = "AIRLOCK_REPLACE_DEFAULT_POLICIES",
+        requires = "policy_file"
+    )]
+    replace_default_policies: bool,
+    /// Seconds a pending access request waits for a decision before it lapses.
+    #[arg(long, env = "AIRLOCK_ACCESS_REQUEST_TTL", default_value_t = 3600)]
+    access_request_ttl: u64,
+    /// Accept bearer JWTs from this OIDC issuer (its `iss`).
+    #[arg(long, env = "AIRLOCK_OIDC_ISSUER", requires = "oidc_audience")]
+    oidc_issuer: Option<String>,
+    /// The audience (`aud`) the tokens must be for.
+    #[arg(long, env = "AIRLOCK_OIDC_AUDIENCE")]
+    oidc_audience: Option<String>,
+    /// The issuer's JWKS URL [default: discovered from the issuer].
+    #[arg(long, env = "AIRLOCK_OIDC_JWKS_URL")]
+    oidc_jwks_url: Option<String>,
+    /// The claim listing the user's groups.
+    #[arg(long, env = "AIRLOCK_OIDC_GROUPS_CLAIM", default_value = "groups")]
+    oidc_groups_claim: String,
+    /// GROUP=ROLE: members of GROUP get ROLE; repeatable. Without any, a group named like a
+    /// role (admin, approver, developer, auditor, viewer, ci) gives that role.
+    #[arg(
+        long = "oidc-role-map",
+        value_name = "GROUP=ROLE",
+        env = "AIRLOCK_OIDC_ROLE_MAP",
+        value_delimiter = ',',
+        value_parser = parse_role_mapping
+    )]
+    oidc_role_map: Vec<(String, airlock_core::model::Role)>,
+}
+
+/// `group=role`.
+fn parse_role_mapping(text: &str) -> Result<(String, airlock_core::model::Role), String> {
+    let (group, role) = text
+        .split_once('=')
+        .ok_or_else(|| format!("{text:?} is not GROUP=ROLE"))?;
+    let role = airlock_core::model::Role::parse(role).map_err(|error| error.to_string())?;
+    Ok((group.to_owned(), role))
 }
 
 /// airlock's own messages at info; libcgroups reports every controller this kernel lacks on
@@ -143,6 +194,8 @@ fn main() -> ExitCode {
             Command::Env(command) => commands::env(&cli.connection, command).await,
             Command::User(command) => commands::user(&cli.connection, command).await,
             Command::Token(command) => commands::token(&cli.connection, command).await,
+            Command::Team(command) => access::team(&cli.connection, command).await,
+            Command::Access(command) => access::access(&cli.connection, command).await,
             Command::Whoami => commands::whoami(&cli.connection).await,
             Command::Login { url, token } => commands::login(&url, &token).map(|()| 0),
             Command::Purge { data_dir } => {
@@ -182,10 +235,23 @@ async fn run_server(args: ServerArgs) -> anyhow::Result<()> {
         data_dir: args.data_dir,
         listen: args.listen,
         helper,
-        limits: Default::default(),
+        limits: airlock_core::policy::Limits {
+            access_request_ttl: std::time::Duration::from_secs(args.access_request_ttl.max(1)),
+            ..Default::default()
+        },
         reconcile_every: std::time::Duration::from_secs(args.reconcile_seconds.max(1)),
         egress: !args.no_egress,
         egress_allow: args.egress_allow,
+        policy_file: args.policy_file,
+        replace_default_policies: args.replace_default_policies,
+        oidc: args.oidc_issuer.map(|issuer| airlock_server::OidcSettings {
+            issuer,
+            audience: args.oidc_audience.unwrap_or_default(),
+            jwks_url: args.oidc_jwks_url,
+            groups_claim: args.oidc_groups_claim,
+            role_map: args.oidc_role_map,
+            leeway: std::time::Duration::from_secs(60),
+        }),
     };
     let reconcile_every = config.reconcile_every;
     let started = airlock_server::start(config).await?;

@@ -394,14 +394,15 @@ async fn credentials_are_checked_and_revocation_is_immediate() {
     assert_eq!(status, StatusCode::OK);
     let (status, problem) = reader.post("/v1/environments", json!({})).await;
     assert_problem(status, &problem, StatusCode::FORBIDDEN, "forbidden");
-    // Non-admins cannot make users or tokens for others, nor grant scopes they lack.
+    // Non-admins cannot make users or tokens for others (another user, which they may not
+    // see, is as missing), nor grant scopes they lack.
     let carol = server.user("dave").await;
     let (status, _) = carol.post("/v1/users", json!({ "name": "eve" })).await;
     assert_eq!(status, StatusCode::FORBIDDEN);
     let (status, _) = carol
         .post("/v1/tokens", json!({ "user_id": user["id"] }))
         .await;
-    assert_eq!(status, StatusCode::FORBIDDEN);
+    assert_eq!(status, StatusCode::NOT_FOUND);
     let (status, _) = carol
         .post("/v1/tokens", json!({ "scopes": ["admin"] }))
         .await;

@@ -679,6 +679,7 @@ async fn leftovers_of_every_kind_are_removed_at_start_and_each_removal_is_audite
                 ..template
             },
             None,
+            None,
         )
         .await
         .unwrap();

@@ -8,9 +8,11 @@ use std::collections::BTreeMap;
 
 use serde::Serialize;
 
-use crate::ids::{EnvironmentId, Name, TokenId, UserId};
+use crate::access::{AccessProfile, AccessRequest, AccessState, SecretMount};
+use crate::ids::{AccessRequestId, EnvironmentId, Name, TokenId, UserId};
 use crate::model::{
-    Environment, ExecOutput, NetworkMode, Principal, Role, Scope, TokenRecord, Usage, User,
+    Environment, ExecOutput, NetworkMode, Party, Principal, Quota, Role, Scope, Team, TokenRecord,
+    Usage, User,
 };
 use crate::secret::Secret;
 
@@ -30,8 +32,40 @@ pub enum Action {
         command: Command,
     },
     CreateUser(NewUser),
+    ListUsers,
+    UpdateUser {
+        id: UserId,
+        roles: Option<Vec<Role>>,
+        teams: Option<Vec<Name>>,
+    },
+    CreateTeam {
+        name: Name,
+        quota: Quota,
+    },
+    ListTeams,
+    SetQuota {
+        team: Name,
+        quota: Quota,
+    },
     CreateToken(NewToken),
+    /// The tokens of one user (the caller's own when `None`).
+    ListTokens(Option<UserId>),
     RevokeToken(TokenId),
+    CreateProfile(NewProfile),
+    ListProfiles,
+    GetProfile(Name),
+    RequestAccess(NewAccessRequest),
+    ListAccessRequests(ListAccessRequests),
+    GetAccessRequest(AccessRequestId),
+    ApproveAccess(AccessRequestId),
+    DenyAccess {
+        id: AccessRequestId,
+        reason: Option<String>,
+    },
+    RevokeAccess {
+        id: AccessRequestId,
+        reason: Option<String>,
+    },
     WhoAmI,
 }
 
@@ -47,8 +81,23 @@ impl Action {
             Action::DeleteEnvironment(_) => "environment.delete",
             Action::Exec { .. } => "environment.exec",
             Action::CreateUser(_) => "user.create",
+            Action::ListUsers => "user.list",
+            Action::UpdateUser { .. } => "user.update",
+            Action::CreateTeam { .. } => "team.create",
+            Action::ListTeams => "team.list",
+            Action::SetQuota { .. } => "team.update",
             Action::CreateToken(_) => "token.create",
+            Action::ListTokens(_) => "token.list",
             Action::RevokeToken(_) => "token.revoke",
+            Action::CreateProfile(_) => "profile.create",
+            Action::ListProfiles => "profile.list",
+            Action::GetProfile(_) => "profile.get",
+            Action::RequestAccess(_) => "access.request",
+            Action::ListAccessRequests(_) => "access.list",
+            Action::GetAccessRequest(_) => "access.get",
+            Action::ApproveAccess(_) => "access.approve",
+            Action::DenyAccess { .. } => "access.deny",
+            Action::RevokeAccess { .. } => "access.revoke",
             Action::WhoAmI => "whoami",
         }
     }
@@ -66,7 +115,18 @@ impl Action {
             Action::RevokeToken(id) => Some(id.to_string()),
             Action::CreateToken(NewToken {
                 user: Some(user), ..
-            }) => Some(user.to_string()),
+            })
+            | Action::ListTokens(Some(user))
+            | Action::UpdateUser { id: user, .. } => Some(user.to_string()),
+            Action::CreateTeam { name, .. } | Action::SetQuota { team: name, .. } => {
+                Some(name.to_string())
+            }
+            Action::GetProfile(name) => Some(name.to_string()),
+            Action::RequestAccess(request) => Some(request.profile.to_string()),
+            Action::GetAccessRequest(id)
+            | Action::ApproveAccess(id)
+            | Action::DenyAccess { id, .. }
+            | Action::RevokeAccess { id, .. } => Some(id.to_string()),
             _ => None,
         }
     }
@@ -83,6 +143,10 @@ pub struct NewEnvironment {
     pub disk_mib: Option<u64>,
     pub network: Option<NetworkMode>,
     pub ttl_seconds: Option<u64>,
+    /// The team to count it against; the caller's only team when absent.
+    pub team: Option<Name>,
+    /// Open it under this access grant (the caller's own, active).
+    pub access_request: Option<AccessRequestId>,
 }
 
 #[derive(Debug, Clone, Default)]
@@ -109,6 +173,35 @@ pub struct Command {
 pub struct NewUser {
     pub name: Name,
     pub roles: Vec<Role>,
+    pub teams: Vec<Name>,
+}
+
+#[derive(Debug, Clone)]
+pub struct NewProfile {
+    pub name: Name,
+    pub description: Option<String>,
+    pub max_duration_seconds: u64,
+    pub approvals_required: u32,
+    pub secrets: Vec<SecretMount>,
+    pub network: Option<NetworkMode>,
+    pub requesters: Option<Vec<Party>>,
+    pub approvers: Option<Vec<Party>>,
+}
+
+#[derive(Debug, Clone)]
+pub struct NewAccessRequest {
+    pub profile: Name,
+    pub reason: String,
+    pub duration_seconds: u64,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct ListAccessRequests {
+    /// Everyone's requests (approvers, auditors, admins) instead of the caller's own.
+    pub all: bool,
+    pub state: Option<AccessState>,
+    pub after: Option<AccessRequestId>,
+    pub limit: Option<u32>,
 }
 
 #[derive(Debug, Clone, Default)]
@@ -134,6 +227,17 @@ pub enum Reply {
     },
     Exec(ExecOutput),
     User(User),
+    Users(Vec<User>),
+    Team(Team),
+    Teams(Vec<Team>),
+    Tokens(Vec<TokenRecord>),
+    Profile(AccessProfile),
+    Profiles(Vec<AccessProfile>),
+    AccessRequest(AccessRequest),
+    AccessRequests {
+        items: Vec<AccessRequest>,
+        next: Option<AccessRequestId>,
+    },
     Token {
         record: TokenRecord,
         secret: Secret,

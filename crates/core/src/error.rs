@@ -43,7 +43,10 @@ pub enum Error {
     /// The target's state forbids this now (e.g. exec in a stopped environment, a taken name).
     #[error("{0}")]
     Conflict(String),
-    /// A limit of the host or of the caller's quota.
+    /// The team's quota would be exceeded; deleting environments makes room.
+    #[error("{0}")]
+    QuotaExceeded(String),
+    /// A limit of the host, or something the server cannot do now.
     #[error("{0}")]
     Unavailable(String),
     /// Something failed inside airlock; details go to the log, never to the caller.
@@ -68,6 +71,7 @@ impl Error {
             Error::Forbidden(_) => "forbidden",
             Error::NotFound { .. } => "not_found",
             Error::Conflict(_) => "conflict",
+            Error::QuotaExceeded(_) => "quota_exceeded",
             Error::Unavailable(_) => "unavailable",
             Error::Internal(_) => "error",
         }

@@ -1,4 +1,4 @@
-//! Opaque identifiers (`env_…`, `usr_…`, `tok_…`) and checked names.
+//! Opaque identifiers (`env_…`, `usr_…`, `tok_…`, `acr_…`) and checked names.
 //!
 //! Every identifier is a prefix and a ULID: unguessable (80 random bits), sortable by creation
 //! time, and parsed, never trusted, when it comes from outside.
@@ -74,6 +74,11 @@ prefixed_id!(
     /// Identifies one API token (not its secret).
     TokenId,
     "tok_"
+);
+prefixed_id!(
+    /// Identifies one access request, and the grant it becomes when approved.
+    AccessRequestId,
+    "acr_"
 );
 
 /// A DNS-label-like name: 1–63 of `a-z`, `0-9`, `-`, not starting or ending with `-`.

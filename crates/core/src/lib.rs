@@ -1,7 +1,9 @@
 //! airlock's core: domain types, the closed set of actions, authorization, and the engine that
 //! executes actions through narrow ports (store, runtime, clock). It does no I/O of its own.
 
+pub mod access;
 pub mod action;
+pub mod authz;
 pub mod engine;
 pub mod error;
 pub mod ids;
@@ -11,5 +13,5 @@ pub mod ports;
 pub mod secret;
 
 pub use action::{Action, Reply};
-pub use engine::{Engine, Origin, ReconcileReport};
+pub use engine::{Engine, ExternalIdentity, Origin, ReconcileReport, SweepReport};
 pub use error::{Error, Invalid};

@@ -8,7 +8,7 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
 use crate::error::Invalid;
-use crate::ids::{EnvironmentId, Name, TokenId, UserId};
+use crate::ids::{AccessRequestId, EnvironmentId, Name, TokenId, UserId};
 
 /// Limits of one sandbox, already checked against [`Limits`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -137,6 +137,10 @@ pub struct Environment {
     pub image: Name,
     pub resources: Resources,
     pub network: NetworkMode,
+    /// The team whose quota it counts against.
+    pub team: Option<Name>,
+    /// The access grant it was opened under; it is destroyed when the grant ends.
+    pub access_request: Option<AccessRequestId>,
     pub state: EnvState,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
@@ -144,29 +148,107 @@ pub struct Environment {
     pub failure: Option<String>,
 }
 
-/// What a principal is allowed to be, before scopes narrow it.
+/// What a principal is allowed to be, before scopes narrow it. What each role may do is
+/// written as Cedar policies in [`crate::authz`], which an operator can extend or replace.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Role {
+    /// Everything but deciding access requests (that is for a profile's approvers).
     Admin,
+    /// Decides access requests of the profiles that name it; sees all requests.
+    Approver,
+    /// Own environments and tokens; requests production access.
     Developer,
+    /// Reads everything, changes nothing.
+    Auditor,
+    /// Reads own environments.
+    Viewer,
+    /// A CI job or agent: own environments and tokens, no production access.
+    Ci,
 }
 
 impl Role {
+    pub const ALL: [Role; 6] = [
+        Role::Admin,
+        Role::Approver,
+        Role::Developer,
+        Role::Auditor,
+        Role::Viewer,
+        Role::Ci,
+    ];
+
     pub fn as_str(self) -> &'static str {
         match self {
             Role::Admin => "admin",
+            Role::Approver => "approver",
             Role::Developer => "developer",
+            Role::Auditor => "auditor",
+            Role::Viewer => "viewer",
+            Role::Ci => "ci",
         }
     }
 
     pub fn parse(text: &str) -> Result<Self, Invalid> {
-        match text {
-            "admin" => Ok(Role::Admin),
-            "developer" => Ok(Role::Developer),
-            _ => Err(Invalid::new("roles", format!("has unknown role {text:?}"))),
+        Self::ALL
+            .into_iter()
+            .find(|role| role.as_str() == text)
+            .ok_or_else(|| Invalid::new("roles", format!("has unknown role {text:?}")))
+    }
+}
+
+/// Someone an access profile names as allowed to request or to approve: everyone with a
+/// role, every member of a team, or one user.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum Party {
+    Role(Role),
+    Team(Name),
+    User(UserId),
+}
+
+impl Party {
+    /// `role:<role>`, `team:<name>` or `user:<id>`.
+    pub fn parse(field: &'static str, text: &str) -> Result<Self, Invalid> {
+        let invalid = || {
+            Invalid::new(
+                field,
+                format!("has {text:?}; expected role:<role>, team:<name> or user:<id>"),
+            )
+        };
+        let (kind, value) = text.split_once(':').ok_or_else(invalid)?;
+        match kind {
+            "role" => Role::parse(value).map(Party::Role).map_err(|_| invalid()),
+            "team" => Name::parse(field, value).map(Party::Team),
+            "user" => UserId::parse(value).map(Party::User).map_err(|_| invalid()),
+            _ => Err(invalid()),
         }
     }
+}
+
+impl fmt::Display for Party {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Party::Role(role) => write!(f, "role:{}", role.as_str()),
+            Party::Team(team) => write!(f, "team:{team}"),
+            Party::User(user) => write!(f, "user:{user}"),
+        }
+    }
+}
+
+/// How much a team's environments may hold together; `None` is unlimited. Counted over
+/// live environments (not deleted or failed), checked atomically with each create.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Quota {
+    pub max_environments: Option<u64>,
+    pub max_memory_mib: Option<u64>,
+    pub max_millicpus: Option<u64>,
+}
+
+/// A group of users that owns environments together and shares a quota.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Team {
+    pub name: Name,
+    pub quota: Quota,
+    pub created_at: DateTime<Utc>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -174,12 +256,16 @@ pub struct User {
     pub id: UserId,
     pub name: Name,
     pub roles: Vec<Role>,
+    pub teams: Vec<Name>,
+    /// `<issuer> <subject>` for a user made from an OIDC token; its roles and teams follow
+    /// the token's groups at each sign-in.
+    pub external_id: Option<String>,
     pub created_at: DateTime<Utc>,
 }
 
 impl User {
-    pub fn is_admin(&self) -> bool {
-        self.roles.contains(&Role::Admin)
+    pub fn has_role(&self, role: Role) -> bool {
+        self.roles.contains(&role)
     }
 }
 
@@ -189,16 +275,28 @@ impl User {
 pub enum Scope {
     Read,
     Write,
+    #[serde(rename = "access:request")]
+    AccessRequest,
+    #[serde(rename = "access:approve")]
+    AccessApprove,
     Admin,
 }
 
 impl Scope {
-    pub const ALL: [Scope; 3] = [Scope::Read, Scope::Write, Scope::Admin];
+    pub const ALL: [Scope; 5] = [
+        Scope::Read,
+        Scope::Write,
+        Scope::AccessRequest,
+        Scope::AccessApprove,
+        Scope::Admin,
+    ];
 
     pub fn as_str(self) -> &'static str {
         match self {
             Scope::Read => "read",
             Scope::Write => "write",
+            Scope::AccessRequest => "access:request",
+            Scope::AccessApprove => "access:approve",
             Scope::Admin => "admin",
         }
     }
@@ -222,24 +320,39 @@ pub struct TokenRecord {
     pub created_at: DateTime<Utc>,
     pub expires_at: Option<DateTime<Utc>>,
     pub revoked_at: Option<DateTime<Utc>>,
+    /// When the token last authenticated a request (kept to the minute).
+    pub last_used_at: Option<DateTime<Utc>>,
 }
 
-/// Who is asking: a user, through one token with its scopes.
+/// How a principal proved who it is.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Credential {
+    /// One of airlock's API tokens.
+    Token(TokenId),
+    /// A JWT from the configured OIDC issuer.
+    Oidc { subject: String },
+}
+
+impl fmt::Display for Credential {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Credential::Token(id) => write!(f, "{id}"),
+            Credential::Oidc { subject } => write!(f, "oidc:{subject}"),
+        }
+    }
+}
+
+/// Who is asking: a user (with its roles and teams), through one credential with its scopes.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Principal {
     pub user: User,
-    pub token_id: TokenId,
+    pub credential: Credential,
     pub scopes: Vec<Scope>,
 }
 
 impl Principal {
     pub fn has_scope(&self, scope: Scope) -> bool {
         self.scopes.contains(&scope)
-    }
-
-    /// Admin powers need both the role and a token scoped for them.
-    pub fn acts_as_admin(&self) -> bool {
-        self.user.is_admin() && self.has_scope(Scope::Admin)
     }
 }
 

@@ -1,19 +1,29 @@
-//! Who may do what, and within which bounds: the one place actions are authorized.
+//! The token scope each action needs, and the operator's bounds on what a request may ask for.
 //!
-//! Default deny: an action passes only if a rule below lets it. Two checks stack: the token's
-//! scope for the kind of action, then the role (admin-only actions) and ownership (another
-//! user's environment is reported as missing, never as forbidden).
+//! Authorization has two layers, both default deny: a credential's scopes say which kinds of
+//! action it may be used for (checked here, before anything is loaded), and the Cedar
+//! policies of [`crate::authz`] say whether the principal may do the action to the thing
+//! (checked by the engine once the thing is loaded).
 
 use std::time::Duration;
 
 use crate::action::Action;
 use crate::error::{Error, Invalid};
-use crate::model::{Environment, Principal, Resources, Scope};
+use crate::model::{Principal, Resources, Scope};
 
-/// The scope a token needs for an action.
+/// The scope a credential needs for an action.
 pub fn required_scope(action: &Action) -> Scope {
     match action {
-        Action::ListEnvironments(_) | Action::GetEnvironment(_) | Action::WhoAmI => Scope::Read,
+        Action::ListEnvironments(_)
+        | Action::GetEnvironment(_)
+        | Action::WhoAmI
+        | Action::ListTokens(_)
+        | Action::ListUsers
+        | Action::ListTeams
+        | Action::ListProfiles
+        | Action::GetProfile(_)
+        | Action::ListAccessRequests(_)
+        | Action::GetAccessRequest(_) => Scope::Read,
         Action::CreateEnvironment { .. }
         | Action::StopEnvironment(_)
         | Action::StartEnvironment(_)
@@ -21,28 +31,31 @@ pub fn required_scope(action: &Action) -> Scope {
         | Action::Exec { .. }
         | Action::CreateToken(_)
         | Action::RevokeToken(_) => Scope::Write,
-        Action::CreateUser(_) => Scope::Admin,
+        Action::RequestAccess(_) => Scope::AccessRequest,
+        Action::ApproveAccess(_) | Action::DenyAccess { .. } => Scope::AccessApprove,
+        // Ending a grant early is open to the requester (access:request) and approvers.
+        Action::RevokeAccess { .. } => Scope::AccessRequest,
+        Action::CreateUser(_)
+        | Action::UpdateUser { .. }
+        | Action::CreateTeam { .. }
+        | Action::SetQuota { .. }
+        | Action::CreateProfile(_) => Scope::Admin,
     }
 }
 
-/// Checks what can be decided from the action alone, before anything is loaded.
-pub fn authorize(principal: &Principal, action: &Action) -> Result<(), Error> {
+/// Refuses an action the credential is not scoped for.
+pub fn check_scope(principal: &Principal, action: &Action) -> Result<(), Error> {
     let scope = required_scope(action);
-    if !principal.has_scope(scope) {
-        return Err(Error::Forbidden(format!(
-            "this token lacks the `{}` scope",
+    let revoke_as_approver =
+        matches!(action, Action::RevokeAccess { .. }) && principal.has_scope(Scope::AccessApprove);
+    if principal.has_scope(scope) || revoke_as_approver {
+        Ok(())
+    } else {
+        Err(Error::Forbidden(format!(
+            "this credential lacks the `{}` scope",
             scope.as_str()
-        )));
+        )))
     }
-    if scope == Scope::Admin && !principal.acts_as_admin() {
-        return Err(Error::Forbidden("this action needs the admin role".into()));
-    }
-    Ok(())
-}
-
-/// Whether `principal` may see `environment` at all. Callers turn `false` into `NotFound`.
-pub fn can_see(principal: &Principal, environment: &Environment) -> bool {
-    environment.owner == principal.user.id || principal.acts_as_admin()
 }
 
 /// Bounds on what a request may ask for, set by the operator.
@@ -62,6 +75,10 @@ pub struct Limits {
     pub exec_input_limit: usize,
     pub max_page_size: u32,
     pub max_token_lifetime: Duration,
+    /// A pending access request lapses after this long undecided.
+    pub access_request_ttl: Duration,
+    /// The longest grant any profile may give.
+    pub max_grant: Duration,
 }
 
 impl Default for Limits {
@@ -94,6 +111,8 @@ impl Default for Limits {
             exec_input_limit: 1024 * 1024,
             max_page_size: 200,
             max_token_lifetime: Duration::from_secs(366 * 24 * 3600),
+            access_request_ttl: Duration::from_secs(3600),
+            max_grant: Duration::from_secs(7 * 24 * 3600),
         }
     }
 }

@@ -6,10 +6,13 @@ use std::sync::Mutex;
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 
-use crate::ids::{EnvironmentId, Name, TokenId, UserId};
+use crate::access::{
+    AccessProfile, AccessRequest, AccessState, Approved, SandboxFile, SecretSource, SecretValue,
+};
+use crate::ids::{AccessRequestId, EnvironmentId, Name, TokenId, UserId};
 use crate::model::{
-    AuditEvent, EnvState, Environment, ExecOutput, ExecSpec, NetworkMode, Resources, TokenRecord,
-    Usage, User,
+    AuditEvent, EnvState, Environment, ExecOutput, ExecSpec, NetworkMode, Quota, Resources, Team,
+    TokenRecord, Usage, User,
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -30,6 +33,8 @@ pub enum Inserted {
         environment: EnvironmentId,
         fingerprint: String,
     },
+    /// The team's quota would be exceeded; the string says which limit. Nothing was written.
+    OverQuota(String),
 }
 
 /// Durable state. Every method is atomic on its own.
@@ -37,7 +42,19 @@ pub enum Inserted {
 pub trait Store: Send + Sync + 'static {
     async fn insert_user(&self, user: &User) -> Result<(), StoreError>;
     async fn get_user(&self, id: &UserId) -> Result<Option<User>, StoreError>;
+    async fn find_external_user(&self, external_id: &str) -> Result<Option<User>, StoreError>;
+    /// Users in id order after `after`.
+    async fn list_users(&self, after: Option<&UserId>, limit: u32)
+    -> Result<Vec<User>, StoreError>;
+    /// Replaces a user's roles and teams; false if there is no such user.
+    async fn update_user(&self, user: &User) -> Result<bool, StoreError>;
     async fn count_users(&self) -> Result<u64, StoreError>;
+
+    async fn insert_team(&self, team: &Team) -> Result<(), StoreError>;
+    async fn get_team(&self, name: &Name) -> Result<Option<Team>, StoreError>;
+    async fn list_teams(&self) -> Result<Vec<Team>, StoreError>;
+    /// Sets a team's quota; false if there is no such team.
+    async fn set_quota(&self, name: &Name, quota: &Quota) -> Result<bool, StoreError>;
 
     async fn insert_token(&self, token: &TokenRecord) -> Result<(), StoreError>;
     async fn get_token(&self, id: &TokenId) -> Result<Option<TokenRecord>, StoreError>;
@@ -48,13 +65,18 @@ pub trait Store: Send + Sync + 'static {
     ) -> Result<Option<(TokenRecord, User)>, StoreError>;
     /// Marks the token revoked; false if it was unknown or already revoked.
     async fn revoke_token(&self, id: &TokenId, at: DateTime<Utc>) -> Result<bool, StoreError>;
+    async fn list_tokens(&self, user: &UserId) -> Result<Vec<TokenRecord>, StoreError>;
+    async fn touch_token(&self, id: &TokenId, at: DateTime<Utc>) -> Result<(), StoreError>;
 
     /// Records a new environment. With an idempotency key, either the key is claimed with the
     /// environment in one transaction, or the earlier claim is returned and nothing is written.
+    /// With a quota, the environment's team's live environments (not deleted or failed) are
+    /// counted in the same transaction and nothing is written if this one would exceed it.
     async fn insert_environment(
         &self,
         environment: &Environment,
         idempotency: Option<(&str, &str)>,
+        quota: Option<&Quota>,
     ) -> Result<Inserted, StoreError>;
     async fn get_environment(&self, id: &EnvironmentId) -> Result<Option<Environment>, StoreError>;
     /// Environments in id (creation) order after `after`, optionally only one owner's, one
@@ -74,14 +96,63 @@ pub trait Store: Send + Sync + 'static {
         failure: Option<&str>,
     ) -> Result<Option<Environment>, StoreError>;
 
+    async fn insert_profile(&self, profile: &AccessProfile) -> Result<(), StoreError>;
+    async fn get_profile(&self, name: &Name) -> Result<Option<AccessProfile>, StoreError>;
+    async fn list_profiles(&self) -> Result<Vec<AccessProfile>, StoreError>;
+
+    async fn insert_access_request(&self, request: &AccessRequest) -> Result<(), StoreError>;
+    async fn get_access_request(
+        &self,
+        id: &AccessRequestId,
+    ) -> Result<Option<AccessRequest>, StoreError>;
+    /// Requests in id (creation) order after `after`.
+    async fn list_access_requests(
+        &self,
+        query: &AccessQuery,
+    ) -> Result<Vec<AccessRequest>, StoreError>;
+    /// Counts `approver`'s approval of a pending request, in one transaction: a second
+    /// approval by the same person changes nothing; the one that reaches the required number
+    /// makes the request `approved`, from `at` for its duration.
+    async fn approve_access(
+        &self,
+        id: &AccessRequestId,
+        approver: &UserId,
+        at: DateTime<Utc>,
+    ) -> Result<Option<Approved>, StoreError>;
+    /// Ends a request that is in `from`: denied, lapsed, expired or revoked, by whom and why.
+    /// `None` when it was not in one of those states.
+    async fn end_access(
+        &self,
+        id: &AccessRequestId,
+        from: AccessState,
+        to: AccessState,
+        at: DateTime<Utc>,
+        by: &str,
+        reason: &str,
+    ) -> Result<Option<AccessRequest>, StoreError>;
+
+    /// A small durable value by name (e.g. the latest time the engine has seen).
+    async fn get_setting(&self, key: &str) -> Result<Option<String>, StoreError>;
+    async fn put_setting(&self, key: &str, value: &str) -> Result<(), StoreError>;
+
     async fn append_audit(&self, event: &AuditEvent) -> Result<(), StoreError>;
     async fn list_audit(&self, limit: u32) -> Result<Vec<AuditEvent>, StoreError>;
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct AccessQuery {
+    pub requester: Option<UserId>,
+    pub states: Option<Vec<AccessState>>,
+    pub after: Option<AccessRequestId>,
+    pub limit: u32,
 }
 
 #[derive(Debug, Clone, Default)]
 pub struct EnvironmentQuery {
     pub owner: Option<UserId>,
     pub name: Option<Name>,
+    /// Only environments opened under an access grant.
+    pub granted_only: bool,
     pub states: Option<Vec<EnvState>>,
     pub after: Option<EnvironmentId>,
     pub limit: u32,
@@ -146,6 +217,8 @@ pub struct SandboxSpec {
     pub image: Name,
     pub resources: Resources,
     pub network: NetworkMode,
+    /// Written into the sandbox's filesystem before it starts.
+    pub files: Vec<SandboxFile>,
 }
 
 /// Creates, runs and destroys sandboxes. Implementations must be safe to call concurrently
@@ -174,6 +247,11 @@ pub trait Runtime: Send + Sync + 'static {
     /// What the host holds of this sandbox now, in [`Remnant`] order; empty when nothing.
     /// `destroy` removes all of it; `stop` all but the directory.
     async fn remnants(&self, id: &EnvironmentId) -> Result<Vec<Remnant>, RuntimeError>;
+}
+
+/// Reads the values of access profiles' secrets on the server, at the moment they are needed.
+pub trait Secrets: Send + Sync + 'static {
+    fn read(&self, source: &SecretSource) -> Result<SecretValue, String>;
 }
 
 /// The time, injectable so tests control it.

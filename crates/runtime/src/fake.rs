@@ -8,6 +8,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Mutex;
 use std::time::Duration;
 
+use airlock_core::access::SandboxFile;
 use airlock_core::ids::{EnvironmentId, Name};
 use airlock_core::model::{ExecOutput, ExecSpec, NetworkMode, Usage};
 use airlock_core::ports::{Remnant, Runtime, RuntimeError, SandboxSpec, SandboxState};
@@ -25,6 +26,10 @@ const RUNNING: [Remnant; 4] = [
 struct Sandbox {
     running: bool,
     remnants: BTreeSet<Remnant>,
+    /// The files it was given when made.
+    files: Vec<SandboxFile>,
+    /// The variables of the last command run in it.
+    last_exec_env: BTreeMap<String, String>,
 }
 
 #[derive(Debug, Default)]
@@ -55,6 +60,24 @@ impl FakeRuntime {
         let sandbox = sandboxes.entry(id.clone()).or_default();
         sandbox.running = true;
         sandbox.remnants.extend(RUNNING);
+    }
+
+    /// The files a sandbox was given when it was made (empty if it is gone).
+    pub fn files(&self, id: &EnvironmentId) -> Vec<SandboxFile> {
+        let sandboxes = self.sandboxes.lock().expect("lock");
+        sandboxes
+            .get(id)
+            .map(|sandbox| sandbox.files.clone())
+            .unwrap_or_default()
+    }
+
+    /// The variables of the last command run in a sandbox.
+    pub fn last_exec_env(&self, id: &EnvironmentId) -> BTreeMap<String, String> {
+        let sandboxes = self.sandboxes.lock().expect("lock");
+        sandboxes
+            .get(id)
+            .map(|sandbox| sandbox.last_exec_env.clone())
+            .unwrap_or_default()
     }
 
     /// Makes every `destroy` of this sandbox fail (or succeed again).
@@ -88,6 +111,8 @@ impl Runtime for FakeRuntime {
             Sandbox {
                 running: true,
                 remnants: RUNNING.into(),
+                files: spec.files.clone(),
+                last_exec_env: BTreeMap::new(),
             },
         );
         Ok(())
@@ -126,14 +151,9 @@ impl Runtime for FakeRuntime {
     }
 
     async fn exec(&self, id: &EnvironmentId, spec: &ExecSpec) -> Result<ExecOutput, RuntimeError> {
-        if !self
-            .sandboxes
-            .lock()
-            .expect("lock")
-            .get(id)
-            .is_some_and(|sandbox| sandbox.running)
-        {
-            return Err(RuntimeError::NotRunning);
+        match self.sandboxes.lock().expect("lock").get_mut(id) {
+            Some(sandbox) if sandbox.running => sandbox.last_exec_env = spec.env.clone(),
+            _ => return Err(RuntimeError::NotRunning),
         }
         let (exit_code, stdout) = match spec.argv[0].as_str() {
             "echo" => (0, format!("{}\n", spec.argv[1..].join(" ")).into_bytes()),

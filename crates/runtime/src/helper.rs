@@ -23,6 +23,11 @@ use crate::seccomp::CompiledProfile;
 /// The first argument that selects helper mode in the airlock binary.
 pub const HELPER_ARG: &str = "__runtime";
 
+/// The environment variable through which an exec helper receives its command's variables
+/// (which may carry a grant's secrets): a process's environment is readable only by its
+/// owner, unlike its command line.
+pub const EXEC_ENV_VAR: &str = "AIRLOCK_EXEC_ENV";
+
 /// The file descriptor on which an exec helper reports its [`ExecStatus`].
 pub const STATUS_FD: i32 = 3;
 
@@ -96,6 +101,16 @@ pub fn main(request_json: &str) -> i32 {
             cwd,
             timeout_ms,
         } => {
+            let mut env = env;
+            if let Some(passed) = std::env::var_os(EXEC_ENV_VAR) {
+                match serde_json::from_slice::<HashMap<String, String>>(passed.as_encoded_bytes()) {
+                    Ok(passed) => env.extend(passed),
+                    Err(error) => {
+                        eprintln!("airlock runtime helper: bad {EXEC_ENV_VAR}: {error}");
+                        return 2;
+                    }
+                }
+            }
             let status = exec(
                 &state_root,
                 &id,

@@ -6,6 +6,7 @@ mod cgroups;
 mod disk;
 mod executor;
 pub mod fake;
+mod files;
 pub mod helper;
 pub mod image;
 mod local;

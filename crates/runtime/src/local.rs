@@ -35,7 +35,8 @@ use tokio::process::Command;
 
 use crate::cgroups::{self, SandboxCgroup};
 use crate::disk::{self, Disks};
-use crate::helper::{self, ExecStatus, HELPER_ARG, HelperRequest, STATUS_FD};
+use crate::files;
+use crate::helper::{self, EXEC_ENV_VAR, ExecStatus, HELPER_ARG, HelperRequest, STATUS_FD};
 use crate::image::{self, Image};
 use crate::mounts;
 use crate::network::{self, EgressConfig, EgressPlan};
@@ -239,7 +240,10 @@ impl LocalRuntime {
             let spec = spec.clone();
             self.blocking(move |host| {
                 host.prepare(&spec)?;
-                host.write_network_files(&spec)
+                host.write_network_files(&spec)?;
+                let rootfs = host.sandbox_dir(&spec.id).join("rootfs");
+                files::write_files(&rootfs, &spec.files)
+                    .map_err(|e| failed("writing the grant's files", e))
             })
             .await
         };
@@ -578,7 +582,8 @@ impl Runtime for LocalRuntime {
             id: id.to_string(),
             seccomp: self.host.seccomp_path(),
             argv: spec.argv.clone(),
-            env: spec.env.clone().into_iter().collect(),
+            // Passed in the helper's environment instead: see `EXEC_ENV_VAR`.
+            env: HashMap::new(),
             cwd: spec.cwd.as_ref().map(PathBuf::from),
             timeout_ms: spec.timeout.as_millis() as u64,
         };
@@ -587,6 +592,10 @@ impl Runtime for LocalRuntime {
         let status_write_fd = status_write.as_raw_fd();
         let mut command = self.helper_command(&request);
         command
+            .env(
+                EXEC_ENV_VAR,
+                serde_json::to_string(&spec.env).expect("variables serialize"),
+            )
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());

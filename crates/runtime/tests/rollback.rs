@@ -41,6 +41,7 @@ async fn a_failed_create_rolls_back_everything() {
             disk_mib: 256,
         },
         network: Default::default(),
+        files: Vec::new(),
     };
     assert!(runtime.create(&spec).await.is_err());
 

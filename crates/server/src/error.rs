@@ -35,7 +35,7 @@ impl ApiError {
             ApiError::Core(error) => match error {
                 Error::Invalid(_) => StatusCode::BAD_REQUEST,
                 Error::Unauthenticated => StatusCode::UNAUTHORIZED,
-                Error::Forbidden(_) => StatusCode::FORBIDDEN,
+                Error::Forbidden(_) | Error::QuotaExceeded(_) => StatusCode::FORBIDDEN,
                 Error::NotFound { .. } => StatusCode::NOT_FOUND,
                 Error::Conflict(_) => StatusCode::CONFLICT,
                 Error::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
@@ -72,6 +72,11 @@ impl ApiError {
                     Some("send a valid token as `Authorization: Bearer <token>`".into()),
                 ),
                 Error::Forbidden(text) => ("forbidden", "Not allowed", Some(text.clone())),
+                Error::QuotaExceeded(text) => (
+                    "quota-exceeded",
+                    "The team's quota is used up",
+                    Some(text.clone()),
+                ),
                 Error::NotFound { kind } => {
                     ("not-found", "Not found", Some(format!("{kind} not found")))
                 }

@@ -12,6 +12,7 @@ use axum::http::{StatusCode, header};
 
 use crate::AppState;
 use crate::error::ApiError;
+use crate::oidc_auth::OidcAuthenticator;
 
 /// The request id given to each request by the middleware in `lib.rs`.
 #[derive(Debug, Clone)]
@@ -32,9 +33,10 @@ pub fn origin(parts: &Parts) -> Origin {
     }
 }
 
-/// An authenticated caller. Absent, malformed, unknown, expired and revoked credentials all
-/// end the same way: 401, audited. Tokens are accepted only in the `Authorization` header,
-/// never in a query string (where logs and proxies would keep them).
+/// An authenticated caller, by an airlock API token or (when configured) an OIDC JWT. Absent,
+/// malformed, unknown, expired, revoked, forged and tampered credentials all end the same
+/// way: 401 with `WWW-Authenticate`, audited. Credentials are accepted only in the
+/// `Authorization` header, never in a query string (where logs and proxies would keep them).
 pub struct Caller {
     pub principal: Principal,
     pub origin: Origin,
@@ -51,9 +53,12 @@ impl FromRequestParts<AppState> for Caller {
             .and_then(|value| value.to_str().ok())
             .and_then(|value| value.strip_prefix("Bearer "))
             .map(str::trim);
-        let result = match presented {
-            Some(secret) => state.engine.authenticate(secret).await,
-            None => Err(Error::Unauthenticated),
+        let result = match (presented, &state.oidc) {
+            (Some(token), Some(oidc)) if OidcAuthenticator::accepts(token) => {
+                oidc.authenticate(&state.engine, token).await
+            }
+            (Some(secret), _) => state.engine.authenticate(secret).await,
+            (None, _) => Err(Error::Unauthenticated),
         };
         match result {
             Ok(principal) => Ok(Caller { principal, origin }),
@@ -111,5 +116,30 @@ fn rejection_error(rejection: &JsonRejection) -> ApiError {
         status,
         slug,
         detail: rejection.body_text(),
+    }
+}
+
+/// A JSON request body that may be absent (an empty body); a present, unreadable one is
+/// refused like [`Body`].
+pub struct OptionalBody<T>(pub Option<T>);
+
+impl<T> FromRequest<AppState> for OptionalBody<T>
+where
+    T: serde::de::DeserializeOwned,
+{
+    type Rejection = ApiError;
+
+    async fn from_request(request: Request, state: &AppState) -> Result<Self, ApiError> {
+        let empty = request
+            .headers()
+            .get(header::CONTENT_LENGTH)
+            .is_some_and(|length| length == "0")
+            || (request.headers().get(header::CONTENT_LENGTH).is_none()
+                && request.headers().get(header::TRANSFER_ENCODING).is_none());
+        if empty {
+            return Ok(OptionalBody(None));
+        }
+        let Body(value) = Body::<T>::from_request(request, state).await?;
+        Ok(OptionalBody(Some(value)))
     }
 }

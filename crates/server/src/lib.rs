@@ -5,7 +5,10 @@ mod convert;
 mod error;
 mod extract;
 mod handlers;
+mod oidc;
+mod oidc_auth;
 mod openapi;
+mod secrets;
 mod startup;
 
 use std::future::Future;
@@ -18,10 +21,11 @@ use axum::extract::{DefaultBodyLimit, Request, State};
 use axum::http::{HeaderValue, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{delete, get, post};
+use axum::routing::{delete, get, patch, post, put};
 use tokio::net::TcpListener;
 use tracing::Instrument;
 
+pub use oidc_auth::OidcSettings;
 pub use startup::{ServerConfig, Started, purge, run, start};
 
 use crate::error::ApiError;
@@ -33,6 +37,8 @@ const BODY_LIMIT: usize = 4 * 1024 * 1024;
 #[derive(Clone)]
 pub struct AppState {
     pub engine: Arc<Engine>,
+    /// Set when bearer JWTs of an OIDC issuer are accepted.
+    pub oidc: Option<Arc<oidc_auth::OidcAuthenticator>>,
 }
 
 /// The whole HTTP surface.
@@ -58,9 +64,43 @@ pub fn build_app(state: AppState) -> Router {
             post(handlers::start_environment),
         )
         .route("/v1/environments/{id}/exec", post(handlers::exec))
-        .route("/v1/users", post(handlers::create_user))
-        .route("/v1/tokens", post(handlers::create_token))
+        .route(
+            "/v1/users",
+            post(handlers::create_user).get(handlers::list_users),
+        )
+        .route("/v1/users/{id}", patch(handlers::update_user))
+        .route(
+            "/v1/teams",
+            post(handlers::create_team).get(handlers::list_teams),
+        )
+        .route("/v1/teams/{name}/quota", put(handlers::set_quota))
+        .route(
+            "/v1/tokens",
+            post(handlers::create_token).get(handlers::list_tokens),
+        )
         .route("/v1/tokens/{id}", delete(handlers::revoke_token))
+        .route(
+            "/v1/access-profiles",
+            post(handlers::create_profile).get(handlers::list_profiles),
+        )
+        .route("/v1/access-profiles/{name}", get(handlers::get_profile))
+        .route(
+            "/v1/access-requests",
+            post(handlers::request_access).get(handlers::list_access_requests),
+        )
+        .route(
+            "/v1/access-requests/{id}",
+            get(handlers::get_access_request),
+        )
+        .route(
+            "/v1/access-requests/{id}/approve",
+            post(handlers::approve_access),
+        )
+        .route("/v1/access-requests/{id}/deny", post(handlers::deny_access))
+        .route(
+            "/v1/access-requests/{id}/revoke",
+            post(handlers::revoke_access),
+        )
         .route("/v1/whoami", get(handlers::whoami))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)

@@ -20,9 +20,24 @@ use crate::handlers;
         handlers::start_environment,
         handlers::exec,
         handlers::create_user,
+        handlers::list_users,
+        handlers::update_user,
+        handlers::create_team,
+        handlers::list_teams,
+        handlers::set_quota,
         handlers::create_token,
+        handlers::list_tokens,
         handlers::revoke_token,
         handlers::whoami,
+        handlers::create_profile,
+        handlers::list_profiles,
+        handlers::get_profile,
+        handlers::request_access,
+        handlers::list_access_requests,
+        handlers::get_access_request,
+        handlers::approve_access,
+        handlers::deny_access,
+        handlers::revoke_access,
     ),
     modifiers(&BearerAuth)
 )]
@@ -56,6 +71,8 @@ mod tests {
             "/v1/environments",
             "/v1/environments/{id}/exec",
             "/v1/tokens/{id}",
+            "/v1/teams/{name}/quota",
+            "/v1/access-requests/{id}/approve",
             "/healthz",
         ] {
             assert!(document["paths"].get(path).is_some(), "{path} missing");

@@ -10,6 +10,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use airlock_core::Engine;
+use airlock_core::authz::Authorizer;
 use airlock_core::policy::Limits;
 use airlock_core::ports::{Runtime, SystemClock};
 use airlock_runtime::{LocalConfig, LocalRuntime};
@@ -18,7 +19,12 @@ use anyhow::{Context, Result, bail};
 use nix::fcntl::{Flock, FlockArg};
 use tokio::net::TcpListener;
 
+use crate::oidc_auth::{OidcAuthenticator, OidcSettings};
+use crate::secrets::HostSecrets;
 use crate::{AppState, build_app, serve};
+
+/// How often grants are checked for their end: "within a few seconds" of expiry.
+const ACCESS_SWEEP_EVERY: Duration = Duration::from_secs(1);
 
 /// Everything the server needs to start, validated by the caller (the CLI).
 #[derive(Debug, Clone)]
@@ -33,6 +39,12 @@ pub struct ServerConfig {
     pub egress: bool,
     /// CIDRs egress environments may reach although private.
     pub egress_allow: Vec<String>,
+    /// A Cedar policy file added to (or, with `replace_default_policies`, replacing) the
+    /// built-in role policies.
+    pub policy_file: Option<PathBuf>,
+    pub replace_default_policies: bool,
+    /// Accept bearer JWTs from this OIDC issuer.
+    pub oidc: Option<OidcSettings>,
 }
 
 /// A started server: where it listens, and the admin secret if this start created it.
@@ -41,12 +53,16 @@ pub struct Started {
     pub admin_token: Option<String>,
     pub admin_token_path: PathBuf,
     pub engine: Arc<Engine>,
+    oidc: Option<Arc<OidcAuthenticator>>,
     listener: TcpListener,
     _lock: Flock<fs::File>,
 }
 
 /// Opens everything and reconciles, but does not serve yet.
 pub async fn start(config: ServerConfig) -> Result<Started> {
+    // The policies first: a file that does not parse stops the server before it touches
+    // anything.
+    let authorizer = load_policies(&config)?;
     fs::create_dir_all(&config.data_dir)
         .with_context(|| format!("creating {}", config.data_dir.display()))?;
     fs::set_permissions(&config.data_dir, fs::Permissions::from_mode(0o700))
@@ -66,12 +82,33 @@ pub async fn start(config: ServerConfig) -> Result<Started> {
         "preparing the local isolation backend (it needs root, namespaces, cgroups and overlayfs)",
     )?;
     let runtime: Arc<dyn Runtime> = Arc::new(runtime);
-    let engine = Arc::new(Engine::new(
-        Arc::new(store),
-        runtime,
-        Arc::new(SystemClock),
-        config.limits.clone(),
-    ));
+    let engine = Arc::new(
+        Engine::new(
+            Arc::new(store),
+            runtime,
+            Arc::new(SystemClock),
+            config.limits.clone(),
+        )
+        .with_authorizer(authorizer)
+        .with_secrets(Arc::new(HostSecrets)),
+    );
+    let oidc = config
+        .oidc
+        .clone()
+        .map(OidcAuthenticator::new)
+        .transpose()
+        .context("configuring OIDC")?;
+
+    // Before the first request: a clock set back while the server was down cannot extend a
+    // grant, and a grant that ended while it was down is revoked now.
+    engine.restore_time().await.context("reading the time")?;
+    let swept = engine
+        .sweep_access()
+        .await
+        .context("ending access grants that ran out")?;
+    if swept != Default::default() {
+        tracing::warn!(?swept, "ended access grants at start");
+    }
 
     let report = engine
         .reconcile()
@@ -110,9 +147,20 @@ pub async fn start(config: ServerConfig) -> Result<Started> {
         admin_token,
         admin_token_path,
         engine,
+        oidc: oidc.map(Arc::new),
         listener,
         _lock: lock,
     })
+}
+
+fn load_policies(config: &ServerConfig) -> Result<Authorizer> {
+    let Some(path) = &config.policy_file else {
+        return Ok(Authorizer::new(None, false)?);
+    };
+    let text = fs::read_to_string(path)
+        .with_context(|| format!("reading the policy file {}", path.display()))?;
+    Authorizer::new(Some(&text), config.replace_default_policies)
+        .with_context(|| format!("loading the policies of {}", path.display()))
 }
 
 /// Serves a started server until SIGINT or SIGTERM, reconciling periodically. Sandboxes keep
@@ -131,13 +179,30 @@ pub async fn run(started: Started, reconcile_every: Duration) -> Result<()> {
             }
         }
     });
+    let engine = started.engine.clone();
+    let sweeper = tokio::spawn(async move {
+        let mut interval = tokio::time::interval(ACCESS_SWEEP_EVERY);
+        interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            interval.tick().await;
+            match engine.sweep_access().await {
+                Ok(report) if report != Default::default() => {
+                    tracing::info!(?report, "access sweep")
+                }
+                Ok(_) => {}
+                Err(error) => tracing::error!(%error, "access sweep failed"),
+            }
+        }
+    });
     let app = build_app(AppState {
         engine: started.engine.clone(),
+        oidc: started.oidc.clone(),
     });
     serve(started.listener, app, shutdown_signal())
         .await
         .context("serving")?;
     reconciler.abort();
+    sweeper.abort();
     tracing::info!("stopped; environments keep running");
     Ok(())
 }

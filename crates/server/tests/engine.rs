@@ -205,6 +205,7 @@ async fn reconcile_fails_lost_sandboxes_removes_orphans_and_finishes_deletes() {
         image: Name::parse("image", "default").unwrap(),
         resources: fixture.engine.limits().default_resources,
         network: Default::default(),
+        files: Vec::new(),
     };
     fixture.runtime.create(&spec).await.unwrap();
     fixture
@@ -395,6 +396,8 @@ async fn reconcile_fails_interrupted_creates_and_removes_what_they_made() {
             image: Name::parse("image", "default").unwrap(),
             resources: fixture.engine.limits().default_resources,
             network: Default::default(),
+            team: None,
+            access_request: None,
             state: EnvState::Creating,
             created_at: now,
             updated_at: now,
@@ -403,7 +406,7 @@ async fn reconcile_fails_interrupted_creates_and_removes_what_they_made() {
         };
         fixture
             .store
-            .insert_environment(&environment, None)
+            .insert_environment(&environment, None, None)
             .await
             .unwrap();
         interrupted.push(id);

@@ -63,4 +63,57 @@ CREATE TABLE audit_events (
 ALTER TABLE environments ADD COLUMN disk_mib INTEGER NOT NULL DEFAULT 4096;
 ALTER TABLE environments ADD COLUMN network TEXT NOT NULL DEFAULT 'none';
 "#,
+    r#"
+-- Identity: teams with quotas, users' teams and OIDC subjects, tokens' last use.
+ALTER TABLE users ADD COLUMN teams TEXT NOT NULL DEFAULT '';
+ALTER TABLE users ADD COLUMN external_id TEXT;
+CREATE UNIQUE INDEX users_by_external_id ON users (external_id) WHERE external_id IS NOT NULL;
+ALTER TABLE tokens ADD COLUMN last_used_at INTEGER;
+CREATE INDEX tokens_by_user ON tokens (user_id, id);
+CREATE TABLE teams (
+    name TEXT PRIMARY KEY,
+    max_environments INTEGER,
+    max_memory_mib INTEGER,
+    max_millicpus INTEGER,
+    created_at INTEGER NOT NULL
+);
+ALTER TABLE environments ADD COLUMN team TEXT;
+ALTER TABLE environments ADD COLUMN access_request TEXT;
+CREATE INDEX environments_by_team ON environments (team, state);
+CREATE INDEX environments_by_grant ON environments (access_request) WHERE access_request IS NOT NULL;
+-- Temporary production access. A profile's rules are one JSON document (`rules`).
+CREATE TABLE access_profiles (
+    name TEXT PRIMARY KEY,
+    rules TEXT NOT NULL,
+    created_at INTEGER NOT NULL
+);
+CREATE TABLE access_requests (
+    id TEXT PRIMARY KEY,
+    profile TEXT NOT NULL REFERENCES access_profiles (name),
+    requester_id TEXT NOT NULL REFERENCES users (id),
+    reason TEXT NOT NULL,
+    duration_ms INTEGER NOT NULL,
+    approvals_required INTEGER NOT NULL,
+    state TEXT NOT NULL,
+    created_at INTEGER NOT NULL,
+    decide_by INTEGER NOT NULL,
+    granted_at INTEGER,
+    expires_at INTEGER,
+    ended_at INTEGER,
+    ended_by TEXT,
+    end_reason TEXT
+);
+CREATE INDEX access_requests_by_state ON access_requests (state, id);
+CREATE INDEX access_requests_by_requester ON access_requests (requester_id, id);
+CREATE TABLE access_approvals (
+    request_id TEXT NOT NULL REFERENCES access_requests (id),
+    approver_id TEXT NOT NULL REFERENCES users (id),
+    at INTEGER NOT NULL,
+    PRIMARY KEY (request_id, approver_id)
+);
+CREATE TABLE settings (
+    key TEXT PRIMARY KEY,
+    value TEXT NOT NULL
+);
+"#,
 ];

@@ -5,13 +5,18 @@ use std::path::Path;
 use std::str::FromStr;
 use std::time::Duration;
 
-use airlock_core::ids::{EnvironmentId, Name, TokenId, UserId};
-use airlock_core::model::{
-    AuditEvent, EnvState, Environment, NetworkMode, Resources, Role, Scope, TokenRecord, User,
+use airlock_core::access::{
+    AccessProfile, AccessRequest, AccessState, Approval, Approved, SecretMount,
 };
-use airlock_core::ports::{EnvironmentQuery, Inserted, Store, StoreError};
+use airlock_core::ids::{AccessRequestId, EnvironmentId, Name, TokenId, UserId};
+use airlock_core::model::{
+    AuditEvent, EnvState, Environment, NetworkMode, Party, Quota, Resources, Role, Scope, Team,
+    TokenRecord, User,
+};
+use airlock_core::ports::{AccessQuery, EnvironmentQuery, Inserted, Store, StoreError};
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
 use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteRow, SqliteSynchronous,
 };
@@ -73,15 +78,101 @@ impl SqliteStore {
 #[async_trait]
 impl Store for SqliteStore {
     async fn insert_user(&self, user: &User) -> Result<(), StoreError> {
-        sqlx::query("INSERT INTO users (id, name, roles, created_at) VALUES (?, ?, ?, ?)")
-            .bind(user.id.as_str())
-            .bind(user.name.as_str())
+        sqlx::query(
+            "INSERT INTO users (id, name, roles, teams, external_id, created_at) VALUES (?, ?, ?, ?, ?, ?)",
+        )
+        .bind(user.id.as_str())
+        .bind(user.name.as_str())
+        .bind(join(user.roles.iter().map(|role| role.as_str())))
+        .bind(join(user.teams.iter().map(Name::as_str)))
+        .bind(user.external_id.as_deref())
+        .bind(micros(user.created_at))
+        .execute(&self.pool)
+        .await
+        .map_err(|error| duplicate_or_backend(error, "user"))?;
+        Ok(())
+    }
+
+    async fn find_external_user(&self, external_id: &str) -> Result<Option<User>, StoreError> {
+        sqlx::query("SELECT * FROM users WHERE external_id = ?")
+            .bind(external_id)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(backend)?
+            .map(|row| user_from_row(&row))
+            .transpose()
+    }
+
+    async fn list_users(
+        &self,
+        after: Option<&UserId>,
+        limit: u32,
+    ) -> Result<Vec<User>, StoreError> {
+        let rows = sqlx::query("SELECT * FROM users WHERE id > ? ORDER BY id LIMIT ?")
+            .bind(after.map_or("", UserId::as_str))
+            .bind(limit as i64)
+            .fetch_all(&self.pool)
+            .await
+            .map_err(backend)?;
+        rows.iter().map(user_from_row).collect()
+    }
+
+    async fn update_user(&self, user: &User) -> Result<bool, StoreError> {
+        let result = sqlx::query("UPDATE users SET roles = ?, teams = ? WHERE id = ?")
             .bind(join(user.roles.iter().map(|role| role.as_str())))
-            .bind(micros(user.created_at))
+            .bind(join(user.teams.iter().map(Name::as_str)))
+            .bind(user.id.as_str())
             .execute(&self.pool)
             .await
-            .map_err(|error| duplicate_or_backend(error, "user"))?;
+            .map_err(backend)?;
+        Ok(result.rows_affected() == 1)
+    }
+
+    async fn insert_team(&self, team: &Team) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO teams (name, max_environments, max_memory_mib, max_millicpus, created_at) VALUES (?, ?, ?, ?, ?)",
+        )
+        .bind(team.name.as_str())
+        .bind(team.quota.max_environments.map(|n| n as i64))
+        .bind(team.quota.max_memory_mib.map(|n| n as i64))
+        .bind(team.quota.max_millicpus.map(|n| n as i64))
+        .bind(micros(team.created_at))
+        .execute(&self.pool)
+        .await
+        .map_err(|error| duplicate_or_backend(error, "team"))?;
         Ok(())
+    }
+
+    async fn get_team(&self, name: &Name) -> Result<Option<Team>, StoreError> {
+        sqlx::query("SELECT * FROM teams WHERE name = ?")
+            .bind(name.as_str())
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(backend)?
+            .map(|row| team_from_row(&row))
+            .transpose()
+    }
+
+    async fn list_teams(&self) -> Result<Vec<Team>, StoreError> {
+        let rows = sqlx::query("SELECT * FROM teams ORDER BY name")
+            .fetch_all(&self.pool)
+            .await
+            .map_err(backend)?;
+        rows.iter().map(team_from_row).collect()
+    }
+
+    async fn set_quota(&self, name: &Name, quota: &Quota) -> Result<bool, StoreError> {
+        let result = sqlx::query(
+            "UPDATE teams SET max_environments = ?, max_memory_mib = ?, max_millicpus = ? WHERE name = ?",
+        )
+        .bind(quota.max_environments.map(|n| n as i64))
+        .bind(quota.max_memory_mib.map(|n| n as i64))
+        .bind(quota.max_millicpus.map(|n| n as i64))
+        .bind(name.as_str())
+        .execute(&self.pool)
+        .await
+        .map_err(backend)?;
+        Ok(result.rows_affected() == 1)
     }
 
     async fn get_user(&self, id: &UserId) -> Result<Option<User>, StoreError> {
@@ -136,7 +227,8 @@ impl Store for SqliteStore {
         secret_hash: &[u8; 32],
     ) -> Result<Option<(TokenRecord, User)>, StoreError> {
         let row = sqlx::query(
-            "SELECT tokens.*, users.name AS user_name, users.roles AS user_roles, users.created_at AS user_created_at
+            "SELECT tokens.*, users.name AS user_name, users.roles AS user_roles, users.teams AS user_teams,
+                    users.external_id AS user_external_id, users.created_at AS user_created_at
              FROM tokens JOIN users ON users.id = tokens.user_id WHERE tokens.secret_hash = ?",
         )
         .bind(&secret_hash[..])
@@ -151,6 +243,8 @@ impl Store for SqliteStore {
             roles: split(row.get("user_roles"), |text| {
                 Role::parse(text).map_err(corrupt)
             })?,
+            teams: split(row.get("user_teams"), parse_name)?,
+            external_id: row.get("user_external_id"),
             created_at: from_micros(row.get("user_created_at"))?,
         };
         Ok(Some((token, user)))
@@ -167,12 +261,60 @@ impl Store for SqliteStore {
         Ok(result.rows_affected() == 1)
     }
 
+    async fn list_tokens(&self, user: &UserId) -> Result<Vec<TokenRecord>, StoreError> {
+        let rows = sqlx::query("SELECT * FROM tokens WHERE user_id = ? ORDER BY id")
+            .bind(user.as_str())
+            .fetch_all(&self.pool)
+            .await
+            .map_err(backend)?;
+        rows.iter().map(token_from_row).collect()
+    }
+
+    async fn touch_token(&self, id: &TokenId, at: DateTime<Utc>) -> Result<(), StoreError> {
+        sqlx::query("UPDATE tokens SET last_used_at = ? WHERE id = ?")
+            .bind(micros(at))
+            .bind(id.as_str())
+            .execute(&self.pool)
+            .await
+            .map_err(backend)?;
+        Ok(())
+    }
+
     async fn insert_environment(
         &self,
         environment: &Environment,
         idempotency: Option<(&str, &str)>,
+        quota: Option<&Quota>,
     ) -> Result<Inserted, StoreError> {
         let mut tx = self.pool.begin().await.map_err(backend)?;
+        if let (Some(team), Some(quota)) = (&environment.team, quota) {
+            // A write first takes SQLite's write lock at once, so concurrent creates of one
+            // team count one after the other and never both fit into the last slot.
+            sqlx::query("UPDATE teams SET name = name WHERE name = ?")
+                .bind(team.as_str())
+                .execute(&mut *tx)
+                .await
+                .map_err(backend)?;
+            let row = sqlx::query(
+                "SELECT COUNT(*) AS environments, COALESCE(SUM(memory_mib), 0) AS memory_mib,
+                        COALESCE(SUM(millicpus), 0) AS millicpus
+                 FROM environments WHERE team = ? AND state NOT IN ('deleted', 'failed')",
+            )
+            .bind(team.as_str())
+            .fetch_one(&mut *tx)
+            .await
+            .map_err(backend)?;
+            let used = Resources {
+                memory_mib: row.get::<i64, _>("memory_mib") as u64,
+                millicpus: row.get::<i64, _>("millicpus") as u64,
+                pids: 0,
+                disk_mib: 0,
+            };
+            let count = row.get::<i64, _>("environments") as u64;
+            if let Some(exceeded) = over_quota(quota, count, &used, &environment.resources) {
+                return Ok(Inserted::OverQuota(exceeded));
+            }
+        }
         if let Some((key, fingerprint)) = idempotency {
             // Writing first takes SQLite's write lock at once, so two requests with one key
             // serialize here instead of both reading "absent".
@@ -205,8 +347,8 @@ impl Store for SqliteStore {
             }
         }
         sqlx::query(
-            "INSERT INTO environments (id, name, owner_id, image, memory_mib, millicpus, pids, disk_mib, network, state, created_at, updated_at, expires_at, failure)
-             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            "INSERT INTO environments (id, name, owner_id, image, memory_mib, millicpus, pids, disk_mib, network, team, access_request, state, created_at, updated_at, expires_at, failure)
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
         )
         .bind(environment.id.as_str())
         .bind(environment.name.as_str())
@@ -217,6 +359,8 @@ impl Store for SqliteStore {
         .bind(environment.resources.pids as i64)
         .bind(environment.resources.disk_mib as i64)
         .bind(environment.network.as_str())
+        .bind(environment.team.as_ref().map(Name::as_str))
+        .bind(environment.access_request.as_ref().map(AccessRequestId::as_str))
         .bind(environment.state.as_str())
         .bind(micros(environment.created_at))
         .bind(micros(environment.updated_at))
@@ -249,6 +393,9 @@ impl Store for SqliteStore {
         }
         if let Some(name) = &query.name {
             sql.push(" AND name = ").push_bind(name.as_str());
+        }
+        if query.granted_only {
+            sql.push(" AND access_request IS NOT NULL");
         }
         if let Some(states) = &query.states {
             sql.push(" AND state IN (");
@@ -295,6 +442,221 @@ impl Store for SqliteStore {
             .await
             .map_err(backend)?;
         row.map(|row| environment_from_row(&row)).transpose()
+    }
+
+    async fn insert_profile(&self, profile: &AccessProfile) -> Result<(), StoreError> {
+        let rules = serde_json::to_string(&ProfileRules::of(profile)).map_err(backend)?;
+        sqlx::query("INSERT INTO access_profiles (name, rules, created_at) VALUES (?, ?, ?)")
+            .bind(profile.name.as_str())
+            .bind(rules)
+            .bind(micros(profile.created_at))
+            .execute(&self.pool)
+            .await
+            .map_err(|error| duplicate_or_backend(error, "access profile"))?;
+        Ok(())
+    }
+
+    async fn get_profile(&self, name: &Name) -> Result<Option<AccessProfile>, StoreError> {
+        sqlx::query("SELECT * FROM access_profiles WHERE name = ?")
+            .bind(name.as_str())
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(backend)?
+            .map(|row| profile_from_row(&row))
+            .transpose()
+    }
+
+    async fn list_profiles(&self) -> Result<Vec<AccessProfile>, StoreError> {
+        let rows = sqlx::query("SELECT * FROM access_profiles ORDER BY name")
+            .fetch_all(&self.pool)
+            .await
+            .map_err(backend)?;
+        rows.iter().map(profile_from_row).collect()
+    }
+
+    async fn insert_access_request(&self, request: &AccessRequest) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO access_requests (id, profile, requester_id, reason, duration_ms, approvals_required, state, created_at, decide_by)
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        )
+        .bind(request.id.as_str())
+        .bind(request.profile.as_str())
+        .bind(request.requester.as_str())
+        .bind(&request.reason)
+        .bind(request.duration.as_millis() as i64)
+        .bind(request.approvals_required as i64)
+        .bind(request.state.as_str())
+        .bind(micros(request.created_at))
+        .bind(micros(request.decide_by))
+        .execute(&self.pool)
+        .await
+        .map_err(|error| duplicate_or_backend(error, "access request"))?;
+        Ok(())
+    }
+
+    async fn get_access_request(
+        &self,
+        id: &AccessRequestId,
+    ) -> Result<Option<AccessRequest>, StoreError> {
+        let mut connection = self.pool.acquire().await.map_err(backend)?;
+        read_access_request(&mut connection, id).await
+    }
+
+    async fn list_access_requests(
+        &self,
+        query: &AccessQuery,
+    ) -> Result<Vec<AccessRequest>, StoreError> {
+        let mut sql = QueryBuilder::new("SELECT * FROM access_requests WHERE 1 = 1");
+        if let Some(requester) = &query.requester {
+            sql.push(" AND requester_id = ")
+                .push_bind(requester.as_str());
+        }
+        if let Some(states) = &query.states {
+            sql.push(" AND state IN (");
+            let mut list = sql.separated(", ");
+            for state in states {
+                list.push_bind(state.as_str());
+            }
+            sql.push(")");
+        }
+        if let Some(after) = &query.after {
+            sql.push(" AND id > ").push_bind(after.as_str());
+        }
+        sql.push(" ORDER BY id LIMIT ")
+            .push_bind(query.limit as i64);
+        let mut connection = self.pool.acquire().await.map_err(backend)?;
+        let rows = sql
+            .build()
+            .fetch_all(&mut *connection)
+            .await
+            .map_err(backend)?;
+        let mut requests = Vec::with_capacity(rows.len());
+        for row in &rows {
+            let mut request = access_request_from_row(row)?;
+            request.approvals = read_approvals(&mut connection, &request.id).await?;
+            requests.push(request);
+        }
+        Ok(requests)
+    }
+
+    async fn approve_access(
+        &self,
+        id: &AccessRequestId,
+        approver: &UserId,
+        at: DateTime<Utc>,
+    ) -> Result<Option<Approved>, StoreError> {
+        let mut tx = self.pool.begin().await.map_err(backend)?;
+        // Write first: takes the write lock, so approvals of one request count in turn.
+        sqlx::query("UPDATE access_requests SET state = state WHERE id = ?")
+            .bind(id.as_str())
+            .execute(&mut *tx)
+            .await
+            .map_err(backend)?;
+        let Some(request) = read_access_request(&mut tx, id).await? else {
+            return Ok(None);
+        };
+        if request.state != AccessState::Pending {
+            return Ok(Some(Approved::NotPending(request)));
+        }
+        let counted = sqlx::query(
+            "INSERT INTO access_approvals (request_id, approver_id, at) VALUES (?, ?, ?)
+             ON CONFLICT (request_id, approver_id) DO NOTHING",
+        )
+        .bind(id.as_str())
+        .bind(approver.as_str())
+        .bind(micros(at))
+        .execute(&mut *tx)
+        .await
+        .map_err(backend)?
+        .rows_affected()
+            == 1;
+        if !counted {
+            return Ok(Some(Approved::AlreadyCounted(request)));
+        }
+        let approvals = request.approvals.len() as u32 + 1;
+        if approvals >= request.approvals_required {
+            let expires_at = at
+                + chrono::Duration::from_std(request.duration)
+                    .map_err(|e| corrupt(format!("grant duration: {e}")))?;
+            sqlx::query(
+                "UPDATE access_requests SET state = ?, granted_at = ?, expires_at = ? WHERE id = ?",
+            )
+            .bind(AccessState::Approved.as_str())
+            .bind(micros(at))
+            .bind(micros(expires_at))
+            .bind(id.as_str())
+            .execute(&mut *tx)
+            .await
+            .map_err(backend)?;
+        }
+        let updated = read_access_request(&mut tx, id)
+            .await?
+            .ok_or_else(|| corrupt("access request vanished"))?;
+        tx.commit().await.map_err(backend)?;
+        Ok(Some(if updated.state == AccessState::Approved {
+            Approved::Granted(updated)
+        } else {
+            Approved::Counted(updated)
+        }))
+    }
+
+    async fn end_access(
+        &self,
+        id: &AccessRequestId,
+        from: AccessState,
+        to: AccessState,
+        at: DateTime<Utc>,
+        by: &str,
+        reason: &str,
+    ) -> Result<Option<AccessRequest>, StoreError> {
+        if !from.can_become(to) || to == AccessState::Approved {
+            return Err(StoreError::Backend(format!(
+                "an access request cannot go from {from} to {to} this way"
+            )));
+        }
+        let mut tx = self.pool.begin().await.map_err(backend)?;
+        let ended = sqlx::query(
+            "UPDATE access_requests SET state = ?, ended_at = ?, ended_by = ?, end_reason = ?
+             WHERE id = ? AND state = ?",
+        )
+        .bind(to.as_str())
+        .bind(micros(at))
+        .bind(by)
+        .bind(reason)
+        .bind(id.as_str())
+        .bind(from.as_str())
+        .execute(&mut *tx)
+        .await
+        .map_err(backend)?
+        .rows_affected()
+            == 1;
+        if !ended {
+            return Ok(None);
+        }
+        let request = read_access_request(&mut tx, id).await?;
+        tx.commit().await.map_err(backend)?;
+        Ok(request)
+    }
+
+    async fn get_setting(&self, key: &str) -> Result<Option<String>, StoreError> {
+        sqlx::query_scalar("SELECT value FROM settings WHERE key = ?")
+            .bind(key)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(backend)
+    }
+
+    async fn put_setting(&self, key: &str, value: &str) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO settings (key, value) VALUES (?, ?)
+             ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+        )
+        .bind(key)
+        .bind(value)
+        .execute(&self.pool)
+        .await
+        .map_err(backend)?;
+        Ok(())
     }
 
     async fn append_audit(&self, event: &AuditEvent) -> Result<(), StoreError> {
@@ -353,6 +715,14 @@ fn environment_from_row(row: &SqliteRow) -> Result<Environment, StoreError> {
             disk_mib: row.get::<i64, _>("disk_mib") as u64,
         },
         network: NetworkMode::parse(row.get("network")).map_err(corrupt)?,
+        team: row
+            .get::<Option<&str>, _>("team")
+            .map(parse_name)
+            .transpose()?,
+        access_request: row
+            .get::<Option<&str>, _>("access_request")
+            .map(|id| AccessRequestId::parse(id).map_err(corrupt))
+            .transpose()?,
         state: EnvState::parse(&state)
             .ok_or_else(|| corrupt(format!("unknown state {state:?}")))?,
         created_at: from_micros(row.get("created_at"))?,
@@ -367,8 +737,51 @@ fn user_from_row(row: &SqliteRow) -> Result<User, StoreError> {
         id: UserId::parse(row.get("id")).map_err(corrupt)?,
         name: parse_name(row.get("name"))?,
         roles: split(row.get("roles"), |text| Role::parse(text).map_err(corrupt))?,
+        teams: split(row.get("teams"), parse_name)?,
+        external_id: row.get("external_id"),
         created_at: from_micros(row.get("created_at"))?,
     })
+}
+
+fn team_from_row(row: &SqliteRow) -> Result<Team, StoreError> {
+    let limit = |column: &str| row.get::<Option<i64>, _>(column).map(|n| n as u64);
+    Ok(Team {
+        name: parse_name(row.get("name"))?,
+        quota: Quota {
+            max_environments: limit("max_environments"),
+            max_memory_mib: limit("max_memory_mib"),
+            max_millicpus: limit("max_millicpus"),
+        },
+        created_at: from_micros(row.get("created_at"))?,
+    })
+}
+
+/// Which limit of `quota` one more environment of `adding` would pass, if any.
+fn over_quota(quota: &Quota, count: u64, used: &Resources, adding: &Resources) -> Option<String> {
+    if let Some(max) = quota.max_environments
+        && count + 1 > max
+    {
+        return Some(format!("{count} of {max} environments"));
+    }
+    if let Some(max) = quota.max_memory_mib
+        && used.memory_mib + adding.memory_mib > max
+    {
+        return Some(format!(
+            "{} MiB of {max} MiB of memory in use, {} asked",
+            used.memory_mib, adding.memory_mib
+        ));
+    }
+    if let Some(max) = quota.max_millicpus
+        && used.millicpus + adding.millicpus > max
+    {
+        return Some(format!(
+            "{} of {} CPUs in use, {} asked",
+            used.millicpus as f64 / 1000.0,
+            max as f64 / 1000.0,
+            adding.millicpus as f64 / 1000.0
+        ));
+    }
+    None
 }
 
 fn token_from_row(row: &SqliteRow) -> Result<TokenRecord, StoreError> {
@@ -392,6 +805,115 @@ fn token_from_row(row: &SqliteRow) -> Result<TokenRecord, StoreError> {
             .get::<Option<i64>, _>("revoked_at")
             .map(from_micros)
             .transpose()?,
+        last_used_at: row
+            .get::<Option<i64>, _>("last_used_at")
+            .map(from_micros)
+            .transpose()?,
+    })
+}
+
+/// An access profile's rules as stored: one JSON document, so that adding a rule needs no
+/// migration.
+#[derive(Serialize, Deserialize)]
+struct ProfileRules {
+    description: Option<String>,
+    max_duration_ms: u64,
+    approvals_required: u32,
+    secrets: Vec<SecretMount>,
+    network: NetworkMode,
+    requesters: Vec<Party>,
+    approvers: Vec<Party>,
+}
+
+impl ProfileRules {
+    fn of(profile: &AccessProfile) -> Self {
+        Self {
+            description: profile.description.clone(),
+            max_duration_ms: profile.max_duration.as_millis() as u64,
+            approvals_required: profile.approvals_required,
+            secrets: profile.secrets.clone(),
+            network: profile.network,
+            requesters: profile.requesters.clone(),
+            approvers: profile.approvers.clone(),
+        }
+    }
+}
+
+fn profile_from_row(row: &SqliteRow) -> Result<AccessProfile, StoreError> {
+    let rules: ProfileRules = serde_json::from_str(row.get("rules")).map_err(corrupt)?;
+    Ok(AccessProfile {
+        name: parse_name(row.get("name"))?,
+        description: rules.description,
+        max_duration: Duration::from_millis(rules.max_duration_ms),
+        approvals_required: rules.approvals_required,
+        secrets: rules.secrets,
+        network: rules.network,
+        requesters: rules.requesters,
+        approvers: rules.approvers,
+        created_at: from_micros(row.get("created_at"))?,
+    })
+}
+
+async fn read_access_request(
+    connection: &mut sqlx::SqliteConnection,
+    id: &AccessRequestId,
+) -> Result<Option<AccessRequest>, StoreError> {
+    let row = sqlx::query("SELECT * FROM access_requests WHERE id = ?")
+        .bind(id.as_str())
+        .fetch_optional(&mut *connection)
+        .await
+        .map_err(backend)?;
+    let Some(row) = row else { return Ok(None) };
+    let mut request = access_request_from_row(&row)?;
+    request.approvals = read_approvals(connection, id).await?;
+    Ok(Some(request))
+}
+
+async fn read_approvals(
+    connection: &mut sqlx::SqliteConnection,
+    id: &AccessRequestId,
+) -> Result<Vec<Approval>, StoreError> {
+    let rows = sqlx::query(
+        "SELECT approver_id, at FROM access_approvals WHERE request_id = ? ORDER BY at, approver_id",
+    )
+    .bind(id.as_str())
+    .fetch_all(&mut *connection)
+    .await
+    .map_err(backend)?;
+    rows.iter()
+        .map(|row| {
+            Ok(Approval {
+                approver: UserId::parse(row.get("approver_id")).map_err(corrupt)?,
+                at: from_micros(row.get("at"))?,
+            })
+        })
+        .collect()
+}
+
+fn access_request_from_row(row: &SqliteRow) -> Result<AccessRequest, StoreError> {
+    let state: String = row.get("state");
+    let time = |column: &str| {
+        row.get::<Option<i64>, _>(column)
+            .map(from_micros)
+            .transpose()
+    };
+    Ok(AccessRequest {
+        id: AccessRequestId::parse(row.get("id")).map_err(corrupt)?,
+        profile: parse_name(row.get("profile"))?,
+        requester: UserId::parse(row.get("requester_id")).map_err(corrupt)?,
+        reason: row.get("reason"),
+        duration: Duration::from_millis(row.get::<i64, _>("duration_ms") as u64),
+        approvals_required: row.get::<i64, _>("approvals_required") as u32,
+        state: AccessState::parse(&state)
+            .ok_or_else(|| corrupt(format!("unknown access state {state:?}")))?,
+        created_at: from_micros(row.get("created_at"))?,
+        decide_by: from_micros(row.get("decide_by"))?,
+        approvals: Vec::new(),
+        granted_at: time("granted_at")?,
+        expires_at: time("expires_at")?,
+        ended_at: time("ended_at")?,
+        ended_by: row.get("ended_by"),
+        end_reason: row.get("end_reason"),
     })
 }
 

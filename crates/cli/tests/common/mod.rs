@@ -36,17 +36,24 @@ pub struct Server {
     pub url: String,
     pub admin_token: String,
     pub data_dir: PathBuf,
+    args: Vec<String>,
     _temp: tempfile::TempDir,
 }
 
 impl Server {
     pub fn start() -> Server {
+        Self::start_with(&[])
+    }
+
+    /// Starts a server with extra `airlock server` flags (kept across restarts).
+    pub fn start_with(args: &[&str]) -> Server {
         let temp = tempfile::Builder::new()
             .prefix("al")
             .tempdir_in("/tmp")
             .expect("temp dir");
         let data_dir = temp.path().join("d");
-        let (child, url) = spawn(&data_dir);
+        let args: Vec<String> = args.iter().map(|arg| arg.to_string()).collect();
+        let (child, url) = spawn(&data_dir, &args);
         let admin_token = std::fs::read_to_string(data_dir.join("admin-token"))
             .expect("admin token file")
             .trim()
@@ -56,6 +63,7 @@ impl Server {
             url,
             admin_token,
             data_dir,
+            args,
             _temp: temp,
         }
     }
@@ -71,7 +79,7 @@ impl Server {
     /// Starts the server again on the same data directory (and port, if free).
     pub fn restart(&mut self) {
         self.kill();
-        let (child, url) = spawn(&self.data_dir);
+        let (child, url) = spawn(&self.data_dir, &self.args);
         self.child = Some(child);
         self.url = url;
     }
@@ -98,14 +106,39 @@ impl Server {
 
     /// Creates a developer and returns a client holding a read+write token of theirs.
     pub async fn user(&self, name: &str) -> Api {
+        self.user_with(name, &["developer"], &[], &["read", "write"])
+            .await
+            .0
+    }
+
+    /// Creates a user with roles and teams; returns a client holding a token with `scopes`,
+    /// and the user's id.
+    pub async fn user_with(
+        &self,
+        name: &str,
+        roles: &[&str],
+        teams: &[&str],
+        scopes: &[&str],
+    ) -> (Api, String) {
         let admin = self.admin();
-        let (status, user) = admin.post("/v1/users", json!({ "name": name })).await;
+        let (status, user) = admin
+            .post(
+                "/v1/users",
+                json!({ "name": name, "roles": roles, "teams": teams }),
+            )
+            .await;
         assert_eq!(status, StatusCode::CREATED, "{user}");
         let (status, token) = admin
-            .post("/v1/tokens", json!({ "user_id": user["id"] }))
+            .post(
+                "/v1/tokens",
+                json!({ "user_id": user["id"], "scopes": scopes }),
+            )
             .await;
         assert_eq!(status, StatusCode::CREATED, "{token}");
-        self.client(token["token"].as_str().unwrap())
+        (
+            self.client(token["token"].as_str().unwrap()),
+            user["id"].as_str().unwrap().to_owned(),
+        )
     }
 
     pub fn sandbox_dirs(&self) -> Vec<String> {
@@ -223,7 +256,7 @@ fn list_dir(path: &Path) -> Vec<String> {
         .unwrap_or_default()
 }
 
-fn spawn(data_dir: &Path) -> (Child, String) {
+fn spawn(data_dir: &Path, args: &[String]) -> (Child, String) {
     let mut child = Command::new(AIRLOCK)
         .args([
             "server",
@@ -234,6 +267,7 @@ fn spawn(data_dir: &Path) -> (Child, String) {
             "--data-dir",
         ])
         .arg(data_dir)
+        .args(args)
         .env("AIRLOCK_LOG", "warn")
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())

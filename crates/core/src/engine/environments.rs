@@ -3,13 +3,15 @@
 use std::time::Duration;
 
 use sha2::{Digest, Sha256};
+use tokio::sync::OwnedMutexGuard;
 
 use super::{Engine, Origin};
+use crate::access::{AccessRequest, SandboxFile};
 use crate::action::{Command, ListEnvironments, NewEnvironment, Reply};
+use crate::authz::Resource;
 use crate::error::{Error, Invalid};
 use crate::ids::{EnvironmentId, Name};
-use crate::model::{EnvState, Environment, ExecSpec, Principal};
-use crate::policy;
+use crate::model::{EnvState, Environment, ExecSpec, NetworkMode, Principal, Quota};
 use crate::ports::{EnvironmentQuery, Inserted, SandboxSpec, StoreError};
 
 impl Engine {
@@ -19,6 +21,7 @@ impl Engine {
         request: NewEnvironment,
         idempotency_key: Option<String>,
     ) -> Result<Reply, Error> {
+        self.require(principal, "environment.create", &Resource::Server)?;
         if let Some(key) = &idempotency_key
             && (key.is_empty() || key.len() > 255 || !key.chars().all(|c| c.is_ascii_graphic()))
         {
@@ -43,7 +46,25 @@ impl Engine {
             request.pids,
             request.disk_mib,
         )?;
-        let network = request.network.unwrap_or_default();
+        let (team, quota) = self.team_for(principal, request.team.as_ref()).await?;
+        let grant = match &request.access_request {
+            Some(id) => Some(self.grant_for(principal, id).await?),
+            None => None,
+        };
+        let network = match (&grant, request.network) {
+            (Some((_, profile_network)), Some(asked)) if asked != *profile_network => {
+                return Err(Invalid::new(
+                    "network",
+                    format!(
+                        "must be {:?}, the access profile's, or absent",
+                        profile_network.as_str()
+                    ),
+                )
+                .into());
+            }
+            (Some((_, profile_network)), _) => *profile_network,
+            (None, asked) => asked.unwrap_or_default(),
+        };
         if !self.runtime.supports_network(network) {
             return Err(Invalid::new(
                 "network",
@@ -53,13 +74,23 @@ impl Engine {
         }
         let ttl = self.limits.ttl(request.ttl_seconds)?;
         let fingerprint = fingerprint(&request);
+        let files = match &grant {
+            Some((access, _)) => self.grant_files(access).await?,
+            None => Vec::new(),
+        };
 
         let id = EnvironmentId::generate();
         let name = match &request.name {
             Some(name) => name.clone(),
             None => generated_name(&id),
         };
-        let now = self.clock.now();
+        let now = self.now();
+        let mut expires_at =
+            now + chrono::Duration::from_std(ttl).map_err(|e| Error::internal("ttl", e))?;
+        if let Some(grant_end) = grant.as_ref().and_then(|(access, _)| access.expires_at) {
+            // An environment never outlives its grant.
+            expires_at = expires_at.min(grant_end);
+        }
         let environment = Environment {
             id: id.clone(),
             name,
@@ -67,19 +98,34 @@ impl Engine {
             image,
             resources,
             network,
+            team,
+            access_request: request.access_request.clone(),
             state: EnvState::Creating,
             created_at: now,
             updated_at: now,
-            expires_at: now
-                + chrono::Duration::from_std(ttl).map_err(|e| Error::internal("ttl", e))?,
+            expires_at,
             failure: None,
         };
         let claim = idempotency_key
             .as_deref()
             .map(|key| (key, fingerprint.as_str()));
         let _lock = self.lock(&id).await;
-        match self.store.insert_environment(&environment, claim).await {
+        match self
+            .store
+            .insert_environment(&environment, claim, quota.as_ref())
+            .await
+        {
             Ok(Inserted::Created) => {}
+            Ok(Inserted::OverQuota(which)) => {
+                return Err(Error::QuotaExceeded(format!(
+                    "team {:?} is at its quota: {which}",
+                    environment
+                        .team
+                        .as_ref()
+                        .map(Name::as_str)
+                        .unwrap_or_default()
+                )));
+            }
             Ok(Inserted::Replayed {
                 environment: earlier,
                 fingerprint: earlier_fingerprint,
@@ -106,7 +152,8 @@ impl Engine {
             Err(error) => return Err(error.into()),
         }
 
-        let spec = sandbox_spec(&environment);
+        let mut spec = sandbox_spec(&environment);
+        spec.files = files;
         if let Err(error) = self.runtime.create(&spec).await {
             tracing::error!(environment = %id, %error, "sandbox creation failed");
             let reason = "the sandbox could not be created";
@@ -115,7 +162,7 @@ impl Engine {
                     &id,
                     &[EnvState::Creating],
                     EnvState::Failed,
-                    self.clock.now(),
+                    self.now(),
                     Some(reason),
                 )
                 .await?;
@@ -127,7 +174,7 @@ impl Engine {
                 &id,
                 &[EnvState::Creating],
                 EnvState::Running,
-                self.clock.now(),
+                self.now(),
                 None,
             )
             .await?
@@ -164,11 +211,12 @@ impl Engine {
         principal: &Principal,
         query: ListEnvironments,
     ) -> Result<Reply, Error> {
-        if query.all_owners && !principal.acts_as_admin() {
-            return Err(Error::Forbidden(
-                "listing every owner's environments needs the admin role".into(),
-            ));
-        }
+        let action = if query.all_owners {
+            "environment.list_all"
+        } else {
+            "environment.list"
+        };
+        self.require(principal, action, &Resource::Server)?;
         let limit = query.limit.unwrap_or(50);
         if limit == 0 || limit > self.limits.max_page_size {
             return Err(Invalid::new(
@@ -189,6 +237,7 @@ impl Engine {
                 states: Some(live),
                 after: query.after,
                 limit: limit + 1,
+                ..Default::default()
             })
             .await?;
         let next = if items.len() > limit as usize {
@@ -206,7 +255,7 @@ impl Engine {
         id: &EnvironmentId,
     ) -> Result<Reply, Error> {
         let _lock = self.lock(id).await;
-        let environment = self.load_visible(principal, id).await?;
+        let environment = self.load_for(principal, id, "environment.stop").await?;
         match environment.state {
             EnvState::Stopped => {
                 return Ok(Reply::Environment {
@@ -239,7 +288,7 @@ impl Engine {
         id: &EnvironmentId,
     ) -> Result<Reply, Error> {
         let _lock = self.lock(id).await;
-        let environment = self.load_visible(principal, id).await?;
+        let environment = self.load_for(principal, id, "environment.start").await?;
         match environment.state {
             EnvState::Running => {
                 return Ok(Reply::Environment {
@@ -255,6 +304,7 @@ impl Engine {
                 )));
             }
         }
+        self.check_grant(&environment).await?;
         if let Err(error) = self.runtime.start(&sandbox_spec(&environment)).await {
             tracing::error!(environment = %id, %error, "sandbox restart failed");
             self.store
@@ -262,7 +312,7 @@ impl Engine {
                     id,
                     &[EnvState::Stopped],
                     EnvState::Failed,
-                    self.clock.now(),
+                    self.now(),
                     Some("the sandbox could not be started"),
                 )
                 .await?;
@@ -283,8 +333,31 @@ impl Engine {
         principal: &Principal,
         id: &EnvironmentId,
     ) -> Result<Reply, Error> {
-        let _lock = self.lock(id).await;
-        let environment = self.load_visible(principal, id).await?;
+        let lock = self.lock(id).await;
+        let environment = self.load_for(principal, id, "environment.delete").await?;
+        self.destroy_locked(&environment, lock).await?;
+        Ok(Reply::Done)
+    }
+
+    /// Destroys an environment for the system (its grant ended): every process killed, its
+    /// sandbox and files removed. False if it was already deleted.
+    pub(super) async fn tear_down(&self, id: &EnvironmentId) -> Result<bool, Error> {
+        let lock = self.lock(id).await;
+        match self.store.get_environment(id).await? {
+            Some(environment) if environment.state != EnvState::Deleted => {
+                self.destroy_locked(&environment, lock).await?;
+                Ok(true)
+            }
+            _ => Ok(false),
+        }
+    }
+
+    async fn destroy_locked(
+        &self,
+        environment: &Environment,
+        _lock: OwnedMutexGuard<()>,
+    ) -> Result<(), Error> {
+        let id = &environment.id;
         if environment.state != EnvState::Deleting {
             let from = [
                 EnvState::Creating,
@@ -293,7 +366,7 @@ impl Engine {
                 EnvState::Failed,
             ];
             self.store
-                .transition(id, &from, EnvState::Deleting, self.clock.now(), None)
+                .transition(id, &from, EnvState::Deleting, self.now(), None)
                 .await?
                 .ok_or_else(|| {
                     Error::Conflict(format!(
@@ -305,7 +378,7 @@ impl Engine {
         self.runtime.destroy(id).await?;
         self.settle(id, EnvState::Deleting, EnvState::Deleted)
             .await?;
-        Ok(Reply::Done)
+        Ok(())
     }
 
     pub(super) async fn exec(
@@ -314,13 +387,19 @@ impl Engine {
         id: &EnvironmentId,
         command: Command,
     ) -> Result<Reply, Error> {
-        let environment = self.load_visible(principal, id).await?;
-        let spec = self.exec_spec(command)?;
+        let environment = self.load_for(principal, id, "environment.exec").await?;
+        let mut spec = self.exec_spec(command)?;
         if environment.state != EnvState::Running {
             return Err(Error::Conflict(format!(
                 "the environment is {}, not running",
                 environment.state
             )));
+        }
+        self.check_grant(&environment).await?;
+        // A grant's variables are read at each command and take precedence over the caller's.
+        for (name, value) in self.grant_env(&environment).await? {
+            let value = String::from_utf8_lossy(value.expose()).into_owned();
+            spec.env.insert(name, value);
         }
         let output = self.runtime.exec(id, &spec).await?;
         if output.oom_killed {
@@ -403,22 +482,172 @@ impl Engine {
         })
     }
 
-    /// Loads an environment the principal may see; anything else, including a deleted one,
-    /// is `NotFound`, indistinguishable from a missing one.
-    pub(super) async fn load_visible(
+    /// Loads an environment for `action`. One the principal may not even see, or a deleted
+    /// one, is `NotFound`, indistinguishable from a missing one; one it may see but not act
+    /// on is `Forbidden`.
+    pub(super) async fn load_for(
         &self,
         principal: &Principal,
         id: &EnvironmentId,
+        action: &str,
     ) -> Result<Environment, Error> {
-        match self.store.get_environment(id).await? {
-            Some(environment)
-                if environment.state != EnvState::Deleted
-                    && policy::can_see(principal, &environment) =>
-            {
-                Ok(environment)
+        let environment = self
+            .store
+            .get_environment(id)
+            .await?
+            .filter(|environment| environment.state != EnvState::Deleted)
+            .ok_or(Error::not_found("environment"))?;
+        self.require_visible(
+            principal,
+            action,
+            "environment.get",
+            "environment",
+            &environment_resource(&environment),
+        )?;
+        Ok(environment)
+    }
+
+    pub(super) async fn get_environment(
+        &self,
+        principal: &Principal,
+        id: &EnvironmentId,
+    ) -> Result<Reply, Error> {
+        let environment = self.load_for(principal, id, "environment.get").await?;
+        let usage = match environment.state {
+            EnvState::Running => self.runtime.usage(id).await.ok(),
+            _ => None,
+        };
+        Ok(Reply::Environment {
+            environment,
+            replayed: false,
+            usage,
+        })
+    }
+
+    /// The team a new environment counts against, and its quota: the one asked for (the
+    /// caller must belong to it), else the caller's only team, else none.
+    async fn team_for(
+        &self,
+        principal: &Principal,
+        asked: Option<&Name>,
+    ) -> Result<(Option<Name>, Option<Quota>), Error> {
+        let team = match (asked, principal.user.teams.as_slice()) {
+            (Some(team), teams) if teams.contains(team) => team.clone(),
+            (Some(team), _) => {
+                return Err(Error::Forbidden(format!(
+                    "you are not a member of team {:?}",
+                    team.as_str()
+                )));
             }
-            _ => Err(Error::not_found("environment")),
+            (None, [only]) => only.clone(),
+            (None, _) => return Ok((None, None)),
+        };
+        let quota = self.store.get_team(&team).await?.map(|team| team.quota);
+        Ok((Some(team), quota))
+    }
+
+    /// The caller's active grant `id` and its profile's network mode. Another principal's
+    /// request is `NotFound`; one that is not (or no longer) active is `Forbidden`.
+    async fn grant_for(
+        &self,
+        principal: &Principal,
+        id: &crate::ids::AccessRequestId,
+    ) -> Result<(AccessRequest, NetworkMode), Error> {
+        let access = self
+            .store
+            .get_access_request(id)
+            .await?
+            .filter(|access| access.requester == principal.user.id)
+            .ok_or(Error::not_found("access request"))?;
+        if !access.is_active(self.now()) {
+            return Err(Error::Forbidden(format!(
+                "access request {id} is {}, not an active grant",
+                access.state
+            )));
         }
+        let profile = self
+            .store
+            .get_profile(&access.profile)
+            .await?
+            .ok_or_else(|| Error::Internal(format!("profile {} is gone", access.profile)))?;
+        Ok((access, profile.network))
+    }
+
+    /// Refuses work in an environment whose grant has ended (the sweeper destroys it soon).
+    async fn check_grant(&self, environment: &Environment) -> Result<(), Error> {
+        let Some(id) = &environment.access_request else {
+            return Ok(());
+        };
+        let active = self
+            .store
+            .get_access_request(id)
+            .await?
+            .is_some_and(|access| access.is_active(self.now()));
+        if active {
+            Ok(())
+        } else {
+            Err(Error::Forbidden(format!(
+                "the access grant {id} of this environment has ended"
+            )))
+        }
+    }
+
+    /// The secrets of a grant's profile that are files, read now.
+    async fn grant_files(&self, access: &AccessRequest) -> Result<Vec<SandboxFile>, Error> {
+        let profile = self
+            .store
+            .get_profile(&access.profile)
+            .await?
+            .ok_or_else(|| Error::Internal(format!("profile {} is gone", access.profile)))?;
+        let mut files = Vec::new();
+        for secret in &profile.secrets {
+            if let Some(path) = &secret.file {
+                files.push(SandboxFile {
+                    path: path.clone(),
+                    contents: self.read_secret(&profile.name, &secret.source)?,
+                });
+            }
+        }
+        Ok(files)
+    }
+
+    /// The secrets of a grant's profile that are environment variables, read now.
+    async fn grant_env(
+        &self,
+        environment: &Environment,
+    ) -> Result<Vec<(String, crate::access::SecretValue)>, Error> {
+        let Some(id) = &environment.access_request else {
+            return Ok(Vec::new());
+        };
+        let Some(access) = self.store.get_access_request(id).await? else {
+            return Ok(Vec::new());
+        };
+        let Some(profile) = self.store.get_profile(&access.profile).await? else {
+            return Ok(Vec::new());
+        };
+        let mut variables = Vec::new();
+        for secret in &profile.secrets {
+            if let Some(name) = &secret.env {
+                variables.push((
+                    name.clone(),
+                    self.read_secret(&profile.name, &secret.source)?,
+                ));
+            }
+        }
+        Ok(variables)
+    }
+
+    fn read_secret(
+        &self,
+        profile: &Name,
+        source: &crate::access::SecretSource,
+    ) -> Result<crate::access::SecretValue, Error> {
+        self.secrets.read(source).map_err(|error| {
+            tracing::error!(%profile, %error, "a secret of an access profile could not be read");
+            Error::Unavailable(format!(
+                "a secret of access profile {profile:?} cannot be read on the server"
+            ))
+        })
     }
 
     pub(super) async fn settle(
@@ -428,7 +657,7 @@ impl Engine {
         to: EnvState,
     ) -> Result<Environment, Error> {
         self.store
-            .transition(id, &[from], to, self.clock.now(), None)
+            .transition(id, &[from], to, self.now(), None)
             .await?
             .ok_or_else(|| Error::Internal(format!("environment {id} left `{from}` unexpectedly")))
     }
@@ -441,6 +670,16 @@ pub(super) fn sandbox_spec(environment: &Environment) -> SandboxSpec {
         image: environment.image.clone(),
         resources: environment.resources,
         network: environment.network,
+        files: Vec::new(),
+    }
+}
+
+/// An environment as the policies see it.
+pub(super) fn environment_resource(environment: &Environment) -> Resource<'_> {
+    Resource::Environment {
+        id: environment.id.as_str(),
+        owner: environment.owner.as_str(),
+        team: environment.team.as_ref().map(Name::as_str),
     }
 }
 

@@ -3,16 +3,18 @@
 
 use std::hash::{Hash, Hasher};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicI64, Ordering};
 
 use chrono::{DateTime, Utc};
 use tokio::sync::{Mutex, OwnedMutexGuard};
 
 use crate::action::{Action, Reply};
+use crate::authz::{Authorizer, Resource, Subject};
 use crate::error::Error;
 use crate::ids::{EnvironmentId, Name, TokenId, UserId};
-use crate::model::{AuditEvent, EnvState, Principal, Role, Scope, TokenRecord, User};
+use crate::model::{AuditEvent, Principal, Role, Scope, TokenRecord, User};
 use crate::policy::{self, Limits};
-use crate::ports::{Clock, Runtime, Store};
+use crate::ports::{Clock, Runtime, Secrets, Store};
 use crate::secret::Secret;
 
 /// Where a request came from, for the audit trail.
@@ -24,19 +26,33 @@ pub struct Origin {
 
 const LOCK_STRIPES: usize = 4096;
 
+/// The store setting that keeps the latest time the engine has seen, across restarts.
+const HIGH_WATER_SETTING: &str = "clock_high_water";
+
+mod access;
 mod environments;
 mod identity;
 mod reconcile;
 
+pub use access::SweepReport;
+pub use identity::ExternalIdentity;
 pub use reconcile::ReconcileReport;
 
 pub struct Engine {
     store: Arc<dyn Store>,
     runtime: Arc<dyn Runtime>,
     clock: Arc<dyn Clock>,
+    secrets: Arc<dyn Secrets>,
     limits: Limits,
+    /// The one policy decision point: every action is allowed or refused here.
+    authorizer: Authorizer,
+    /// The latest time seen (µs since the epoch): [`Engine::now`] never goes below it, so a
+    /// clock set back never extends a grant or a token.
+    high_water: AtomicI64,
     /// Serializes lifecycle changes of one environment (striped: bounded memory).
     lifecycle_locks: Vec<Arc<Mutex<()>>>,
+    /// Serializes decisions on access requests and the sweep that ends them.
+    access_lock: Mutex<()>,
 }
 
 impl Engine {
@@ -50,18 +66,62 @@ impl Engine {
             store,
             runtime,
             clock,
+            secrets: Arc::new(NoSecrets),
             limits,
+            authorizer: Authorizer::new(None, false).expect("the built-in policies are valid"),
+            high_water: AtomicI64::new(i64::MIN),
             lifecycle_locks: (0..LOCK_STRIPES)
                 .map(|_| Arc::new(Mutex::new(())))
                 .collect(),
+            access_lock: Mutex::new(()),
         }
+    }
+
+    /// Uses these policies instead of the built-in ones alone.
+    pub fn with_authorizer(mut self, authorizer: Authorizer) -> Self {
+        self.authorizer = authorizer;
+        self
+    }
+
+    /// Reads access profiles' secrets through `secrets` (by default none can be read).
+    pub fn with_secrets(mut self, secrets: Arc<dyn Secrets>) -> Self {
+        self.secrets = secrets;
+        self
     }
 
     pub fn limits(&self) -> &Limits {
         &self.limits
     }
 
-    /// Turns a presented bearer secret into a principal, or `Unauthenticated`.
+    /// The time, never earlier than any time seen before, in this process or (after
+    /// [`Engine::restore_time`]) an earlier one.
+    pub fn now(&self) -> DateTime<Utc> {
+        let reading = self.clock.now().timestamp_micros();
+        let seen = self.high_water.fetch_max(reading, Ordering::AcqRel);
+        DateTime::from_timestamp_micros(seen.max(reading)).unwrap_or_else(|| self.clock.now())
+    }
+
+    /// Loads the latest time an earlier server saw, so that a clock set back while airlock
+    /// was down cannot extend anything either. Run at start, before serving.
+    pub async fn restore_time(&self) -> Result<(), Error> {
+        if let Some(text) = self.store.get_setting(HIGH_WATER_SETTING).await?
+            && let Ok(micros) = text.parse::<i64>()
+        {
+            self.high_water.fetch_max(micros, Ordering::AcqRel);
+        }
+        Ok(())
+    }
+
+    /// Keeps the latest time seen (run by the sweeper each tick, and at grant decisions).
+    pub(super) async fn persist_time(&self) -> Result<(), Error> {
+        let now = self.now().timestamp_micros();
+        self.store
+            .put_setting(HIGH_WATER_SETTING, &now.to_string())
+            .await?;
+        Ok(())
+    }
+
+    /// Turns a presented API token into a principal, or `Unauthenticated`.
     pub async fn authenticate(&self, presented: &str) -> Result<Principal, Error> {
         let secret = Secret::from_presented(presented).ok_or(Error::Unauthenticated)?;
         let (token, user) = self
@@ -69,13 +129,20 @@ impl Engine {
             .find_token(&secret.hash())
             .await?
             .ok_or(Error::Unauthenticated)?;
-        let now = self.clock.now();
+        let now = self.now();
         if token.revoked_at.is_some() || token.expires_at.is_some_and(|expiry| expiry <= now) {
             return Err(Error::Unauthenticated);
         }
+        // Kept to the minute: one write per token per minute, not one per request.
+        if token
+            .last_used_at
+            .is_none_or(|used| now - used >= chrono::Duration::minutes(1))
+        {
+            self.store.touch_token(&token.id, now).await?;
+        }
         Ok(Principal {
             user,
-            token_id: token.id,
+            credential: crate::model::Credential::Token(token.id),
             scopes: token.scopes,
         })
     }
@@ -85,11 +152,13 @@ impl Engine {
         if self.store.count_users().await? > 0 {
             return Ok(None);
         }
-        let now = self.clock.now();
+        let now = self.now();
         let user = User {
             id: UserId::generate(),
             name: Name::parse("name", "admin").expect("valid name"),
             roles: vec![Role::Admin],
+            teams: Vec::new(),
+            external_id: None,
             created_at: now,
         };
         self.store.insert_user(&user).await?;
@@ -103,6 +172,7 @@ impl Engine {
             created_at: now,
             expires_at: None,
             revoked_at: None,
+            last_used_at: None,
         };
         self.store.insert_token(&token).await?;
         self.audit(
@@ -150,7 +220,7 @@ impl Engine {
     ) -> Result<Reply, Error> {
         let name = action.name();
         let target = action.target();
-        let result = match policy::authorize(principal, &action) {
+        let result = match policy::check_scope(principal, &action) {
             Ok(()) => self.execute(principal, action).await,
             Err(error) => Err(error),
         };
@@ -189,7 +259,7 @@ impl Engine {
         detail: Option<String>,
     ) {
         let event = AuditEvent {
-            time: self.clock.now(),
+            time: self.now(),
             request_id: origin.request_id.clone(),
             actor: actor.to_owned(),
             action: action.to_owned(),
@@ -213,18 +283,7 @@ impl Engine {
                     .await
             }
             Action::ListEnvironments(query) => self.list_environments(principal, query).await,
-            Action::GetEnvironment(id) => {
-                let environment = self.load_visible(principal, &id).await?;
-                let usage = match environment.state {
-                    EnvState::Running => self.runtime.usage(&id).await.ok(),
-                    _ => None,
-                };
-                Ok(Reply::Environment {
-                    environment,
-                    replayed: false,
-                    usage,
-                })
-            }
+            Action::GetEnvironment(id) => self.get_environment(principal, &id).await,
             Action::StopEnvironment(id) => self.stop_environment(principal, &id).await,
             Action::StartEnvironment(id) => self.start_environment(principal, &id).await,
             Action::DeleteEnvironment(id) => self.delete_environment(principal, &id).await,
@@ -232,10 +291,83 @@ impl Engine {
                 environment,
                 command,
             } => self.exec(principal, &environment, command).await,
-            Action::CreateUser(new_user) => self.create_user(new_user).await,
+            Action::CreateUser(new_user) => self.create_user(principal, new_user).await,
+            Action::ListUsers => self.list_users(principal).await,
+            Action::UpdateUser { id, roles, teams } => {
+                self.update_user(principal, &id, roles, teams).await
+            }
+            Action::CreateTeam { name, quota } => self.create_team(principal, name, quota).await,
+            Action::ListTeams => self.list_teams(principal).await,
+            Action::SetQuota { team, quota } => self.set_quota(principal, &team, quota).await,
             Action::CreateToken(new_token) => self.create_token(principal, new_token).await,
+            Action::ListTokens(user) => self.list_tokens(principal, user).await,
             Action::RevokeToken(id) => self.revoke_token(principal, &id).await,
-            Action::WhoAmI => Ok(Reply::WhoAmI(principal.clone())),
+            Action::CreateProfile(profile) => self.create_profile(principal, profile).await,
+            Action::ListProfiles => self.list_profiles(principal).await,
+            Action::GetProfile(name) => self.get_profile(principal, &name).await,
+            Action::RequestAccess(request) => self.request_access(principal, request).await,
+            Action::ListAccessRequests(query) => self.list_access_requests(principal, query).await,
+            Action::GetAccessRequest(id) => self.get_access_request(principal, &id).await,
+            Action::ApproveAccess(id) => self.approve_access(principal, &id).await,
+            Action::DenyAccess { id, reason } => self.deny_access(principal, &id, reason).await,
+            Action::RevokeAccess { id, reason } => self.revoke_access(principal, &id, reason).await,
+            Action::WhoAmI => {
+                self.require(principal, "whoami", &Resource::Server)?;
+                Ok(Reply::WhoAmI(principal.clone()))
+            }
+        }
+    }
+
+    /// Whether the policies allow `principal` to do `action` to `resource`.
+    pub(super) fn allows(&self, principal: &Principal, action: &str, resource: &Resource) -> bool {
+        let teams: Vec<String> = principal
+            .user
+            .teams
+            .iter()
+            .map(|team| team.to_string())
+            .collect();
+        let subject = Subject {
+            user: principal.user.id.as_str(),
+            roles: &principal.user.roles,
+            teams: &teams,
+        };
+        self.authorizer.is_allowed(&subject, action, resource)
+    }
+
+    /// Refuses with 403 what the policies do not allow.
+    pub(super) fn require(
+        &self,
+        principal: &Principal,
+        action: &str,
+        resource: &Resource,
+    ) -> Result<(), Error> {
+        if self.allows(principal, action, resource) {
+            Ok(())
+        } else {
+            Err(Error::Forbidden(format!(
+                "the policies do not allow you `{action}` here"
+            )))
+        }
+    }
+
+    /// Refuses what the policies do not allow on a thing the caller may or may not know
+    /// exists: 403 when they may see it (`see_action`), 404 (`kind` not found) when not.
+    pub(super) fn require_visible(
+        &self,
+        principal: &Principal,
+        action: &str,
+        see_action: &str,
+        kind: &'static str,
+        resource: &Resource,
+    ) -> Result<(), Error> {
+        if self.allows(principal, action, resource) {
+            Ok(())
+        } else if action != see_action && self.allows(principal, see_action, resource) {
+            Err(Error::Forbidden(format!(
+                "the policies do not allow you `{action}` here"
+            )))
+        } else {
+            Err(Error::not_found(kind))
         }
     }
 
@@ -251,8 +383,16 @@ impl Engine {
     pub async fn recent_audit(&self, limit: u32) -> Result<Vec<AuditEvent>, Error> {
         Ok(self.store.list_audit(limit).await?)
     }
+}
 
-    pub fn now(&self) -> DateTime<Utc> {
-        self.clock.now()
+/// The default secret reader: a server without one cannot deliver secrets.
+struct NoSecrets;
+
+impl Secrets for NoSecrets {
+    fn read(
+        &self,
+        _source: &crate::access::SecretSource,
+    ) -> Result<crate::access::SecretValue, String> {
+        Err("this server reads no secrets".into())
     }
 }

@@ -1,9 +1,8 @@
-//! HTTP handlers: each turns a request into one core [`Action`], hands it to the engine, and
-//! turns the reply into a response. No handler changes state itself.
+//! Environment handlers: create, list, get, stop, start, delete, exec.
 
 use airlock_api as api;
 use airlock_core::action::ListEnvironments;
-use airlock_core::ids::{EnvironmentId, Name, TokenId};
+use airlock_core::ids::{EnvironmentId, Name};
 use airlock_core::{Action, Invalid, Reply};
 use axum::Json;
 use axum::extract::{Path, Query, State};
@@ -11,75 +10,10 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 
+use super::{Result, environment_id, environment_reply, perform, refuse, unexpected};
 use crate::AppState;
 use crate::convert;
-use crate::error::ApiError;
 use crate::extract::{Body, Caller};
-
-type Result<T> = std::result::Result<T, ApiError>;
-
-/// Runs an action for the caller.
-async fn perform(state: &AppState, caller: &Caller, action: Action) -> Result<Reply> {
-    Ok(state
-        .engine
-        .perform(&caller.principal, &caller.origin, action)
-        .await?)
-}
-
-/// Refuses input that did not parse, with an audit record.
-async fn refuse(state: &AppState, caller: &Caller, action: &str, invalid: Invalid) -> ApiError {
-    let error = airlock_core::Error::Invalid(invalid);
-    state
-        .engine
-        .record_refusal(&caller.origin, Some(&caller.principal), action, &error)
-        .await;
-    error.into()
-}
-
-async fn environment_id(
-    state: &AppState,
-    caller: &Caller,
-    action: &str,
-    text: &str,
-) -> Result<EnvironmentId> {
-    match EnvironmentId::parse(text) {
-        Ok(id) => Ok(id),
-        Err(_) => Err(refuse(
-            state,
-            caller,
-            action,
-            Invalid::new("id", format!("{text:?} is not an environment id")),
-        )
-        .await),
-    }
-}
-
-fn environment_reply(reply: Reply) -> Result<api::Environment> {
-    match reply {
-        Reply::Environment {
-            environment, usage, ..
-        } => Ok(convert::environment(environment, usage)),
-        other => Err(unexpected(other)),
-    }
-}
-
-fn unexpected(reply: Reply) -> ApiError {
-    airlock_core::Error::Internal(format!("unexpected reply {reply:?}")).into()
-}
-
-#[utoipa::path(get, path = "/healthz", tag = "health", responses((status = 200, body = api::Health)))]
-pub async fn healthz() -> Json<api::Health> {
-    Json(api::Health {
-        status: "ok".into(),
-    })
-}
-
-#[utoipa::path(get, path = "/readyz", tag = "health", responses((status = 200, body = api::Health)))]
-pub async fn readyz() -> Json<api::Health> {
-    Json(api::Health {
-        status: "ready".into(),
-    })
-}
 
 /// Creates and starts an environment. With an `Idempotency-Key` header, repeating the request
 /// returns the environment the first one made instead of making another.
@@ -317,95 +251,4 @@ pub async fn exec(
         return Err(unexpected(reply));
     };
     Ok(Json(convert::exec_result(output)))
-}
-
-#[utoipa::path(post, path = "/v1/users", tag = "users", request_body = api::CreateUser,
-    responses((status = 201, body = api::User), (status = 403, body = api::Problem), (status = 409, body = api::Problem)),
-    security(("bearer" = [])))]
-pub async fn create_user(
-    State(state): State<AppState>,
-    caller: Caller,
-    Body(request): Body<api::CreateUser>,
-) -> Result<(StatusCode, Json<api::User>)> {
-    let new_user = match convert::new_user(request) {
-        Ok(new_user) => new_user,
-        Err(invalid) => return Err(refuse(&state, &caller, "user.create", invalid).await),
-    };
-    let reply = perform(&state, &caller, Action::CreateUser(new_user)).await?;
-    let Reply::User(user) = reply else {
-        return Err(unexpected(reply));
-    };
-    Ok((StatusCode::CREATED, Json(convert::user(user))))
-}
-
-/// Issues a token. The secret is in this response only; airlock keeps just its hash.
-#[utoipa::path(post, path = "/v1/tokens", tag = "tokens", request_body = api::CreateToken,
-    responses((status = 201, body = api::IssuedToken), (status = 400, body = api::Problem), (status = 403, body = api::Problem)),
-    security(("bearer" = [])))]
-pub async fn create_token(
-    State(state): State<AppState>,
-    caller: Caller,
-    Body(request): Body<api::CreateToken>,
-) -> Result<(StatusCode, Json<api::IssuedToken>)> {
-    let new_token = match convert::new_token(request) {
-        Ok(new_token) => new_token,
-        Err(invalid) => return Err(refuse(&state, &caller, "token.create", invalid).await),
-    };
-    let reply = perform(&state, &caller, Action::CreateToken(new_token)).await?;
-    let Reply::Token { record, secret } = reply else {
-        return Err(unexpected(reply));
-    };
-    Ok((
-        StatusCode::CREATED,
-        Json(api::IssuedToken {
-            info: convert::token(record),
-            token: secret.expose().to_owned(),
-        }),
-    ))
-}
-
-/// Revokes a token at once: the next request that presents it is refused.
-#[utoipa::path(delete, path = "/v1/tokens/{id}", tag = "tokens",
-    params(("id" = String, Path, description = "Token id")),
-    responses((status = 204, description = "Revoked"), (status = 404, body = api::Problem)),
-    security(("bearer" = [])))]
-pub async fn revoke_token(
-    State(state): State<AppState>,
-    caller: Caller,
-    Path(id): Path<String>,
-) -> Result<StatusCode> {
-    let id = match TokenId::parse(&id) {
-        Ok(id) => id,
-        Err(_) => {
-            return Err(refuse(
-                &state,
-                &caller,
-                "token.revoke",
-                Invalid::new("id", "is not a token id"),
-            )
-            .await);
-        }
-    };
-    perform(&state, &caller, Action::RevokeToken(id)).await?;
-    Ok(StatusCode::NO_CONTENT)
-}
-
-/// Who the presented token belongs to, and what it may do.
-#[utoipa::path(get, path = "/v1/whoami", tag = "users",
-    responses((status = 200, body = api::WhoAmI), (status = 401, body = api::Problem)),
-    security(("bearer" = [])))]
-pub async fn whoami(State(state): State<AppState>, caller: Caller) -> Result<Json<api::WhoAmI>> {
-    let reply = perform(&state, &caller, Action::WhoAmI).await?;
-    let Reply::WhoAmI(principal) = reply else {
-        return Err(unexpected(reply));
-    };
-    Ok(Json(api::WhoAmI {
-        token_id: principal.token_id.to_string(),
-        scopes: principal
-            .scopes
-            .iter()
-            .map(|scope| scope.as_str().to_owned())
-            .collect(),
-        user: convert::user(principal.user),
-    }))
 }
