@@ -63,38 +63,34 @@ impl Engine {
                     name: external_name(&identity),
                     roles,
                     teams,
-                    external_id: Some(external_id),
+                    external_id: Some(external_id.clone()),
                     created_at: self.now(),
                 };
                 match self.store.insert_user(&user).await {
-                    Ok(()) => {}
-                    // Two first requests at once: the other one made the user.
+                    Ok(()) => {
+                        self.audit(
+                            &Origin::default(),
+                            "system",
+                            "user.sign_up",
+                            Some(user.id.to_string()),
+                            "ok",
+                            Some(format!("first sign-in of {} by OIDC", user.name)),
+                        )
+                        .await;
+                        user
+                    }
                     Err(StoreError::Duplicate(_)) => {
-                        return self
-                            .store
-                            .find_external_user(user.external_id.as_deref().unwrap_or_default())
-                            .await?
-                            .map(|user| Principal {
-                                user,
-                                credential: Credential::Oidc {
-                                    subject: identity.subject.clone(),
-                                },
-                                scopes: identity.scopes.clone().unwrap_or(Scope::ALL.to_vec()),
-                            })
-                            .ok_or(Error::Unauthenticated);
+                        // Two first requests at once: the other one made the user. (Or the
+                        // name is a local user's: then there is no such user, and no way in.)
+                        let Some(made) = self.store.find_external_user(&external_id).await?
+                        else {
+                            tracing::warn!(name = %user.name, "an OIDC user's name is taken");
+                            return Err(Error::Unauthenticated);
+                        };
+                        made
                     }
                     Err(error) => return Err(error.into()),
                 }
-                self.audit(
-                    &Origin::default(),
-                    "system",
-                    "user.sign_up",
-                    Some(user.id.to_string()),
-                    "ok",
-                    Some(format!("first sign-in of {} by OIDC", user.name)),
-                )
-                .await;
-                user
             }
         };
         Ok(Principal {
