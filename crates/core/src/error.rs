@@ -46,7 +46,17 @@ pub enum Error {
     /// The team's quota would be exceeded; deleting environments makes room.
     #[error("{0}")]
     QuotaExceeded(String),
-    /// A limit of the host, or something the server cannot do now.
+    /// The principal is over its rate limit; it may try again after `retry_after`.
+    #[error("too many requests: try again in {} s", retry_after.as_secs_f64().ceil())]
+    RateLimited { retry_after: std::time::Duration },
+    /// The server is at a limit (its capacity, its queue of creates); the request was refused
+    /// whole and may be retried after `retry_after`.
+    #[error("{reason}")]
+    Overloaded {
+        reason: String,
+        retry_after: std::time::Duration,
+    },
+    /// Something the server cannot do now.
     #[error("{0}")]
     Unavailable(String),
     /// Something failed inside airlock; details go to the log, never to the caller.
@@ -72,6 +82,8 @@ impl Error {
             Error::NotFound { .. } => "not_found",
             Error::Conflict(_) => "conflict",
             Error::QuotaExceeded(_) => "quota_exceeded",
+            Error::RateLimited { .. } => "rate_limited",
+            Error::Overloaded { .. } => "overloaded",
             Error::Unavailable(_) => "unavailable",
             Error::Internal(_) => "error",
         }

@@ -10,6 +10,7 @@ pub mod ids;
 pub mod model;
 pub mod policy;
 pub mod ports;
+pub mod rate_limit;
 pub mod secret;
 
 pub use action::{Action, Reply};

@@ -10,6 +10,7 @@ use std::time::Duration;
 use crate::action::Action;
 use crate::error::{Error, Invalid};
 use crate::model::{Principal, Resources, Scope};
+use crate::rate_limit::RateLimits;
 
 /// The scope a credential needs for an action.
 pub fn required_scope(action: &Action) -> Scope {
@@ -41,6 +42,11 @@ pub fn required_scope(action: &Action) -> Scope {
         | Action::SetQuota { .. }
         | Action::CreateProfile(_) => Scope::Admin,
     }
+}
+
+/// Whether an action is exempt from rate limits: ending access must always get through.
+pub fn never_limited(action: &Action) -> bool {
+    matches!(action, Action::RevokeToken(_) | Action::RevokeAccess { .. })
 }
 
 /// Refuses an action the credential is not scoped for.
@@ -79,6 +85,8 @@ pub struct Limits {
     pub access_request_ttl: Duration,
     /// The longest grant any profile may give.
     pub max_grant: Duration,
+    /// Requests per principal (revocations are never limited).
+    pub rate_limits: RateLimits,
 }
 
 impl Default for Limits {
@@ -113,6 +121,7 @@ impl Default for Limits {
             max_token_lifetime: Duration::from_secs(366 * 24 * 3600),
             access_request_ttl: Duration::from_secs(3600),
             max_grant: Duration::from_secs(7 * 24 * 3600),
+            rate_limits: RateLimits::default(),
         }
     }
 }

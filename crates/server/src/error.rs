@@ -38,10 +38,21 @@ impl ApiError {
                 Error::Forbidden(_) | Error::QuotaExceeded(_) => StatusCode::FORBIDDEN,
                 Error::NotFound { .. } => StatusCode::NOT_FOUND,
                 Error::Conflict(_) => StatusCode::CONFLICT,
-                Error::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+                Error::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
+                Error::Overloaded { .. } | Error::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
                 Error::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
             },
             ApiError::Rejected { status, .. } => *status,
+        }
+    }
+
+    /// How long a refused client should wait (429 and 503).
+    fn retry_after(&self) -> std::time::Duration {
+        match self {
+            ApiError::Core(
+                Error::RateLimited { retry_after } | Error::Overloaded { retry_after, .. },
+            ) => *retry_after,
+            _ => std::time::Duration::from_secs(1),
         }
     }
 
@@ -85,6 +96,14 @@ impl ApiError {
                     "Conflict with the current state",
                     Some(text.clone()),
                 ),
+                Error::RateLimited { .. } => {
+                    ("rate-limited", "Too many requests", Some(error.to_string()))
+                }
+                Error::Overloaded { reason, .. } => (
+                    "overloaded",
+                    "The server is at capacity",
+                    Some(reason.clone()),
+                ),
                 Error::Unavailable(text) => {
                     ("unavailable", "Temporarily unavailable", Some(text.clone()))
                 }
@@ -104,6 +123,7 @@ impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let status = self.status();
         let (slug, title, detail) = self.problem();
+        let retry_after_seconds = self.retry_after().as_secs_f64().ceil().max(1.0) as u64;
         let body = Problem {
             kind: format!("urn:airlock:problem:{slug}"),
             title: title.into(),
@@ -122,7 +142,7 @@ impl IntoResponse for ApiError {
                 );
             }
             StatusCode::SERVICE_UNAVAILABLE | StatusCode::TOO_MANY_REQUESTS => {
-                headers.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+                headers.insert(header::RETRY_AFTER, HeaderValue::from(retry_after_seconds));
             }
             _ => {}
         }

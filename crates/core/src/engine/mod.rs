@@ -15,6 +15,7 @@ use crate::ids::{EnvironmentId, Name, TokenId, UserId};
 use crate::model::{AuditEvent, Principal, Role, Scope, TokenRecord, User};
 use crate::policy::{self, Limits};
 use crate::ports::{Clock, Runtime, Secrets, Store};
+use crate::rate_limit::RateLimiter;
 use crate::secret::Secret;
 
 /// Where a request came from, for the audit trail.
@@ -53,6 +54,7 @@ pub struct Engine {
     lifecycle_locks: Vec<Arc<Mutex<()>>>,
     /// Serializes decisions on access requests and the sweep that ends them.
     access_lock: Mutex<()>,
+    rate_limiter: RateLimiter,
 }
 
 impl Engine {
@@ -74,6 +76,7 @@ impl Engine {
                 .map(|_| Arc::new(Mutex::new(())))
                 .collect(),
             access_lock: Mutex::new(()),
+            rate_limiter: RateLimiter::default(),
         }
     }
 
@@ -220,7 +223,10 @@ impl Engine {
     ) -> Result<Reply, Error> {
         let name = action.name();
         let target = action.target();
-        let result = match policy::check_scope(principal, &action) {
+        let result = match self
+            .check_rate(principal, &action)
+            .and_then(|()| policy::check_scope(principal, &action))
+        {
             Ok(()) => self.execute(principal, action).await,
             Err(error) => Err(error),
         };
@@ -316,6 +322,21 @@ impl Engine {
                 Ok(Reply::WhoAmI(principal.clone()))
             }
         }
+    }
+
+    /// Counts the request against the principal's rate (by its roles).
+    fn check_rate(&self, principal: &Principal, action: &Action) -> Result<(), Error> {
+        if policy::never_limited(action) {
+            return Ok(());
+        }
+        let rate = self.limits.rate_limits.for_roles(&principal.user.roles);
+        self.rate_limiter
+            .check(
+                principal.user.id.as_str(),
+                rate,
+                tokio::time::Instant::now(),
+            )
+            .map_err(|retry_after| Error::RateLimited { retry_after })
     }
 
     /// Whether the policies allow `principal` to do `action` to `resource`.
