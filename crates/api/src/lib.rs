@@ -25,9 +25,14 @@ pub struct CreateEnvironment {
     /// Limits of the sandbox; each absent field takes the server's default.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub resources: Option<ResourcesRequest>,
-    /// Lifetime from creation, in seconds; the server's default when absent.
+    /// Lifetime from creation, in seconds; the server's default when absent. At its end the
+    /// environment is deleted.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ttl_seconds: Option<u64>,
+    /// Stopped (files kept) after this many seconds without activity (commands, sessions,
+    /// starts, lease renewals, reads); `0` never; the server's default when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub idle_timeout_seconds: Option<u64>,
     /// `none` (loopback only, the default) or `egress` (outbound connections through NAT;
     /// the host, other environments, link-local and private addresses stay unreachable).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -100,13 +105,26 @@ pub struct Environment {
     pub access_request: Option<String>,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
+    /// When it is deleted, unless extended (`POST …/extend`).
     pub expires_at: DateTime<Utc>,
+    pub last_activity_at: DateTime<Utc>,
+    /// Stopped after this many seconds without activity (absent: never).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub idle_timeout_seconds: Option<u64>,
     /// Why the environment failed, when `state` is `failed`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub failure: Option<String>,
     /// Present when one running environment is read (`GET /v1/environments/{id}`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub usage: Option<Usage>,
+}
+
+/// `POST /v1/environments/{id}/extend`.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ExtendEnvironment {
+    /// The new lifetime, from now; within the server's hard maximum from creation.
+    pub ttl_seconds: u64,
 }
 
 /// A page of environments, newest last; pass `next_cursor` as `cursor` for the next page.

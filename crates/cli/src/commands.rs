@@ -36,9 +36,12 @@ pub enum EnvCommand {
         /// `none` (loopback only, the default) or `egress` (outbound through NAT).
         #[arg(long)]
         network: Option<String>,
-        /// Lifetime in seconds.
+        /// Lifetime in seconds; at its end the environment is deleted.
         #[arg(long)]
         ttl: Option<u64>,
+        /// Stop it (keeping its files) after this many seconds without activity; 0: never.
+        #[arg(long)]
+        idle_timeout: Option<u64>,
         /// The team whose quota it counts against [default: your only team].
         #[arg(long)]
         team: Option<String>,
@@ -63,6 +66,14 @@ pub enum EnvCommand {
     Stop { environment: String },
     /// Start a stopped environment.
     Start { environment: String },
+    /// Push an environment's expiry to now + TTL seconds (within the server's maximum).
+    Extend {
+        environment: String,
+        #[arg(long)]
+        ttl: u64,
+    },
+    /// Renew an agent's lease: counts as activity, so the idle timeout starts again.
+    Lease { environment: String },
     /// Delete environments.
     #[command(alias = "delete")]
     Rm {
@@ -176,6 +187,7 @@ pub async fn env(connection: &Connection, command: EnvCommand) -> Result<i32> {
             disk,
             network,
             ttl,
+            idle_timeout,
             team,
             access_request,
             idempotency_key,
@@ -192,6 +204,7 @@ pub async fn env(connection: &Connection, command: EnvCommand) -> Result<i32> {
                 image,
                 resources,
                 ttl_seconds: ttl,
+                idle_timeout_seconds: idle_timeout,
                 network,
                 team,
                 access_request,
@@ -268,6 +281,30 @@ pub async fn env(connection: &Connection, command: EnvCommand) -> Result<i32> {
                 .await;
             spinner.stop();
             print_environment(connection, &result?);
+        }
+        EnvCommand::Extend { environment, ttl } => {
+            let id = resolve(&client, &environment).await?;
+            let result: api::Environment = client
+                .send(
+                    Method::POST,
+                    &format!("/v1/environments/{id}/extend"),
+                    Some(&api::ExtendEnvironment { ttl_seconds: ttl }),
+                    &[],
+                )
+                .await?;
+            print_environment(connection, &result);
+        }
+        EnvCommand::Lease { environment } => {
+            let id = resolve(&client, &environment).await?;
+            let result: api::Environment = client
+                .send(
+                    Method::POST,
+                    &format!("/v1/environments/{id}/lease"),
+                    None::<&()>,
+                    &[],
+                )
+                .await?;
+            print_environment(connection, &result);
         }
         EnvCommand::Rm { environments } => {
             for environment in environments {

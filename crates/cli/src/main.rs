@@ -80,6 +80,10 @@ struct ServerArgs {
     /// Where airlock keeps its database, sandboxes and admin token.
     #[arg(long, env = "AIRLOCK_DATA_DIR", default_value_os_t = default_data_dir())]
     data_dir: PathBuf,
+    /// Keep state in this PostgreSQL database (postgres://user:password@host/database) instead
+    /// of SQLite in the data directory, e.g. for several servers.
+    #[arg(long, env = "AIRLOCK_DATABASE_URL", hide_env_values = true)]
+    database_url: Option<String>,
     /// Address to listen on.
     #[arg(long, env = "AIRLOCK_LISTEN", default_value = "127.0.0.1:7700")]
     listen: SocketAddr,
@@ -134,6 +138,55 @@ struct ServerArgs {
         value_parser = parse_role_mapping
     )]
     oidc_role_map: Vec<(String, airlock_core::model::Role)>,
+    /// The shortest TTL or idle timeout a create may ask for, in seconds.
+    #[arg(long, env = "AIRLOCK_MIN_LIFETIME", default_value_t = 60)]
+    min_lifetime: u64,
+    /// Stop environments after this many seconds without activity unless their create says
+    /// otherwise; 0: never.
+    #[arg(long, env = "AIRLOCK_DEFAULT_IDLE_TIMEOUT", default_value_t = 0)]
+    default_idle_timeout: u64,
+    /// Seconds requests in flight may take to finish after SIGTERM before they are cancelled
+    /// (environments keep running either way).
+    #[arg(long, env = "AIRLOCK_SHUTDOWN_GRACE", default_value_t = 30)]
+    shutdown_grace: u64,
+    /// Environments created at once; more wait in a fair queue [default: 8].
+    #[arg(long, env = "AIRLOCK_MAX_CONCURRENT_CREATES", default_value_t = 8)]
+    max_concurrent_creates: usize,
+    /// Creates that may wait for a turn; beyond, 503 with Retry-After.
+    #[arg(long, env = "AIRLOCK_CREATE_QUEUE_SIZE", default_value_t = 1000)]
+    create_queue_size: usize,
+    /// Seconds a create may wait for a turn before it is refused with 503 and Retry-After.
+    #[arg(long, env = "AIRLOCK_CREATE_QUEUE_WAIT", default_value_t = 10)]
+    create_queue_wait: u64,
+    /// Requests per principal: N/s, N/m or N/h, with an optional :BURST. Over it: 429 with
+    /// Retry-After. Revocations are never limited.
+    #[arg(long, env = "AIRLOCK_RATE_LIMIT", default_value = "50/s:200", value_parser = parse_rate)]
+    rate_limit: airlock_core::rate_limit::Rate,
+    /// ROLE=RATE: the rate of principals with ROLE (the most generous of a principal's roles
+    /// applies); repeatable.
+    #[arg(
+        long = "role-rate-limit",
+        value_name = "ROLE=RATE",
+        env = "AIRLOCK_ROLE_RATE_LIMITS",
+        value_delimiter = ',',
+        value_parser = parse_role_rate
+    )]
+    role_rate_limits: Vec<(airlock_core::model::Role, airlock_core::rate_limit::Rate)>,
+}
+
+fn parse_rate(text: &str) -> Result<airlock_core::rate_limit::Rate, String> {
+    airlock_core::rate_limit::Rate::parse(text).map_err(|error| error.to_string())
+}
+
+/// `role=rate`.
+fn parse_role_rate(
+    text: &str,
+) -> Result<(airlock_core::model::Role, airlock_core::rate_limit::Rate), String> {
+    let (role, rate) = text
+        .split_once('=')
+        .ok_or_else(|| format!("{text:?} is not ROLE=RATE"))?;
+    let role = airlock_core::model::Role::parse(role).map_err(|error| error.to_string())?;
+    Ok((role, parse_rate(rate)?))
 }
 
 /// `group=role`.
@@ -233,13 +286,27 @@ async fn run_server(args: ServerArgs) -> anyhow::Result<()> {
     let helper = std::env::current_exe()?;
     let config = airlock_server::ServerConfig {
         data_dir: args.data_dir,
+        database_url: args.database_url,
         listen: args.listen,
         helper,
         limits: airlock_core::policy::Limits {
             access_request_ttl: std::time::Duration::from_secs(args.access_request_ttl.max(1)),
+            min_ttl: std::time::Duration::from_secs(args.min_lifetime.max(1)),
+            default_idle_timeout: (args.default_idle_timeout > 0)
+                .then(|| std::time::Duration::from_secs(args.default_idle_timeout)),
+            rate_limits: airlock_core::rate_limit::RateLimits {
+                default: args.rate_limit,
+                by_role: args.role_rate_limits,
+            },
+            admission: airlock_core::admission::AdmissionConfig {
+                concurrency: args.max_concurrent_creates.max(1),
+                max_queue: args.create_queue_size,
+                max_wait: std::time::Duration::from_secs(args.create_queue_wait),
+            },
             ..Default::default()
         },
         reconcile_every: std::time::Duration::from_secs(args.reconcile_seconds.max(1)),
+        shutdown_grace: std::time::Duration::from_secs(args.shutdown_grace),
         egress: !args.no_egress,
         egress_allow: args.egress_allow,
         policy_file: args.policy_file,

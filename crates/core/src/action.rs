@@ -31,6 +31,13 @@ pub enum Action {
         environment: EnvironmentId,
         command: Command,
     },
+    /// Pushes the expiry to now + `ttl_seconds`, within the hard maximum.
+    ExtendEnvironment {
+        environment: EnvironmentId,
+        ttl_seconds: u64,
+    },
+    /// Renews the lease of an agent at work: counts as activity, so the idle timeout restarts.
+    RenewLease(EnvironmentId),
     CreateUser(NewUser),
     ListUsers,
     UpdateUser {
@@ -80,6 +87,8 @@ impl Action {
             Action::StartEnvironment(_) => "environment.start",
             Action::DeleteEnvironment(_) => "environment.delete",
             Action::Exec { .. } => "environment.exec",
+            Action::ExtendEnvironment { .. } => "environment.extend",
+            Action::RenewLease(_) => "environment.lease",
             Action::CreateUser(_) => "user.create",
             Action::ListUsers => "user.list",
             Action::UpdateUser { .. } => "user.update",
@@ -109,6 +118,10 @@ impl Action {
             | Action::StopEnvironment(id)
             | Action::StartEnvironment(id)
             | Action::DeleteEnvironment(id)
+            | Action::RenewLease(id)
+            | Action::ExtendEnvironment {
+                environment: id, ..
+            }
             | Action::Exec {
                 environment: id, ..
             } => Some(id.to_string()),
@@ -143,6 +156,9 @@ pub struct NewEnvironment {
     pub disk_mib: Option<u64>,
     pub network: Option<NetworkMode>,
     pub ttl_seconds: Option<u64>,
+    /// Stopped after this long without activity; `Some(0)` never; the server's default when
+    /// absent.
+    pub idle_timeout_seconds: Option<u64>,
     /// The team to count it against; the caller's only team when absent.
     pub team: Option<Name>,
     /// Open it under this access grant (the caller's own, active).

@@ -113,7 +113,7 @@ impl Resource<'_> {
 
 /// Every action with the kind of resource it applies to; [`Authorizer::SCHEMA`] says the same
 /// (a test keeps the two in step).
-const ACTION_TABLE: [(&str, Kind); 30] = [
+const ACTION_TABLE: [(&str, Kind); 32] = [
     ("environment.create", Kind::Server),
     ("environment.list", Kind::Server),
     ("environment.list_all", Kind::Server),
@@ -122,6 +122,8 @@ const ACTION_TABLE: [(&str, Kind); 30] = [
     ("environment.start", Kind::Environment),
     ("environment.delete", Kind::Environment),
     ("environment.exec", Kind::Environment),
+    ("environment.extend", Kind::Environment),
+    ("environment.lease", Kind::Environment),
     ("user.create", Kind::Server),
     ("user.list", Kind::Server),
     ("user.get", Kind::User),
@@ -386,7 +388,7 @@ namespace Airlock {
         "profile.create", "profile.list", "access.list", "access.list_all", "audit.read", "whoami"
         appliesTo { principal: User, resource: Server };
     action "environment.get", "environment.stop", "environment.start", "environment.delete",
-        "environment.exec"
+        "environment.exec", "environment.extend", "environment.lease"
         appliesTo { principal: User, resource: Environment };
     // token.create and token.list: the resource is the user whose tokens they are.
     action "user.get", "user.update", "token.create", "token.list"
@@ -430,7 +432,9 @@ permit (
         Airlock::Action::"environment.stop",
         Airlock::Action::"environment.start",
         Airlock::Action::"environment.delete",
-        Airlock::Action::"environment.exec"
+        Airlock::Action::"environment.exec",
+        Airlock::Action::"environment.extend",
+        Airlock::Action::"environment.lease"
     ],
     resource
 )
@@ -484,7 +488,9 @@ permit (
         Airlock::Action::"environment.stop",
         Airlock::Action::"environment.start",
         Airlock::Action::"environment.delete",
-        Airlock::Action::"environment.exec"
+        Airlock::Action::"environment.exec",
+        Airlock::Action::"environment.extend",
+        Airlock::Action::"environment.lease"
     ],
     resource
 )
@@ -1068,6 +1074,8 @@ mod tests {
                 ("environment.start", "own_env"),
                 ("environment.delete", "own_env"),
                 ("environment.exec", "own_env"),
+                ("environment.extend", "own_env"),
+                ("environment.lease", "own_env"),
                 ("token.create", "me"),
                 ("token.list", "me"),
                 ("token.revoke", "own_token"),
@@ -1095,6 +1103,8 @@ mod tests {
                 ("environment.start", "own_env"),
                 ("environment.delete", "own_env"),
                 ("environment.exec", "own_env"),
+                ("environment.extend", "own_env"),
+                ("environment.lease", "own_env"),
                 ("token.create", "me"),
                 ("token.list", "me"),
                 ("token.revoke", "own_token"),

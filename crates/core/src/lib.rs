@@ -3,6 +3,7 @@
 
 pub mod access;
 pub mod action;
+pub mod admission;
 pub mod authz;
 pub mod engine;
 pub mod error;
@@ -14,5 +15,5 @@ pub mod rate_limit;
 pub mod secret;
 
 pub use action::{Action, Reply};
-pub use engine::{Engine, ExternalIdentity, Origin, ReconcileReport, SweepReport};
+pub use engine::{Engine, ExternalIdentity, Origin, ReapReport, ReconcileReport, SweepReport};
 pub use error::{Error, Invalid};

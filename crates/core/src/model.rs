@@ -144,8 +144,21 @@ pub struct Environment {
     pub state: EnvState,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
+    /// Deleted at this time (its TTL), unless extended within policy.
     pub expires_at: DateTime<Utc>,
+    /// The last command, session, start, lease renewal or read of it.
+    pub last_activity_at: DateTime<Utc>,
+    /// Stopped (files kept) after this long without activity; never when `None`.
+    pub idle_timeout: Option<Duration>,
     pub failure: Option<String>,
+}
+
+impl Environment {
+    /// When it will be stopped for idleness if nothing happens before.
+    pub fn idle_deadline(&self) -> Option<DateTime<Utc>> {
+        let timeout = chrono::Duration::from_std(self.idle_timeout?).ok()?;
+        Some(self.last_activity_at + timeout)
+    }
 }
 
 /// What a principal is allowed to be, before scopes narrow it. What each role may do is

@@ -8,6 +8,7 @@
 use std::time::Duration;
 
 use crate::action::Action;
+use crate::admission::AdmissionConfig;
 use crate::error::{Error, Invalid};
 use crate::model::{Principal, Resources, Scope};
 use crate::rate_limit::RateLimits;
@@ -30,6 +31,8 @@ pub fn required_scope(action: &Action) -> Scope {
         | Action::StartEnvironment(_)
         | Action::DeleteEnvironment(_)
         | Action::Exec { .. }
+        | Action::ExtendEnvironment { .. }
+        | Action::RenewLease(_)
         | Action::CreateToken(_)
         | Action::RevokeToken(_) => Scope::Write,
         Action::RequestAccess(_) => Scope::AccessRequest,
@@ -73,6 +76,9 @@ pub struct Limits {
     pub default_ttl: Duration,
     pub max_ttl: Duration,
     pub min_ttl: Duration,
+    /// Stop an environment after this long without activity, unless the create says otherwise.
+    pub default_idle_timeout: Option<Duration>,
+    pub max_idle_timeout: Duration,
     pub default_exec_timeout: Duration,
     pub max_exec_timeout: Duration,
     /// Bytes kept of each of stdout and stderr of a buffered exec.
@@ -87,6 +93,8 @@ pub struct Limits {
     pub max_grant: Duration,
     /// Requests per principal (revocations are never limited).
     pub rate_limits: RateLimits,
+    /// Creates at once, and how many may wait how long for a turn.
+    pub admission: AdmissionConfig,
 }
 
 impl Default for Limits {
@@ -113,6 +121,8 @@ impl Default for Limits {
             default_ttl: Duration::from_secs(8 * 3600),
             max_ttl: Duration::from_secs(7 * 24 * 3600),
             min_ttl: Duration::from_secs(60),
+            default_idle_timeout: None,
+            max_idle_timeout: Duration::from_secs(7 * 24 * 3600),
             default_exec_timeout: Duration::from_secs(60),
             max_exec_timeout: Duration::from_secs(3600),
             exec_output_limit: 1024 * 1024,
@@ -122,6 +132,11 @@ impl Default for Limits {
             access_request_ttl: Duration::from_secs(3600),
             max_grant: Duration::from_secs(7 * 24 * 3600),
             rate_limits: RateLimits::default(),
+            admission: AdmissionConfig {
+                concurrency: 8,
+                max_queue: 1000,
+                max_wait: Duration::from_secs(10),
+            },
         }
     }
 }
@@ -181,6 +196,23 @@ impl Limits {
             self.max_resources.disk_mib,
         )?;
         Ok(resources)
+    }
+
+    /// `Some(0)` is "never"; absent is the default.
+    pub fn idle_timeout(&self, seconds: Option<u64>) -> Result<Option<Duration>, Invalid> {
+        match seconds {
+            None => Ok(self.default_idle_timeout),
+            Some(0) => Ok(None),
+            Some(seconds) => {
+                check_range(
+                    "idle_timeout_seconds",
+                    seconds,
+                    self.min_ttl.as_secs(),
+                    self.max_idle_timeout.as_secs(),
+                )?;
+                Ok(Some(Duration::from_secs(seconds)))
+            }
+        }
     }
 
     pub fn ttl(&self, seconds: Option<u64>) -> Result<Duration, Invalid> {

@@ -135,6 +135,26 @@ pub trait Store: Send + Sync + 'static {
     async fn get_setting(&self, key: &str) -> Result<Option<String>, StoreError>;
     async fn put_setting(&self, key: &str, value: &str) -> Result<(), StoreError>;
 
+    /// Records activity in an environment at `at` (never moving it back).
+    async fn touch_environment(
+        &self,
+        id: &EnvironmentId,
+        at: DateTime<Utc>,
+    ) -> Result<(), StoreError>;
+    /// Sets a live environment's expiry; the new record, or `None` if it is not live.
+    async fn set_expiry(
+        &self,
+        id: &EnvironmentId,
+        expires_at: DateTime<Utc>,
+    ) -> Result<Option<Environment>, StoreError>;
+    /// Environments due at `now`, in id order: live ones (running, stopped, failed) past their
+    /// expiry, and running ones idle past their timeout.
+    async fn due_environments(
+        &self,
+        now: DateTime<Utc>,
+        limit: u32,
+    ) -> Result<Vec<Environment>, StoreError>;
+
     async fn append_audit(&self, event: &AuditEvent) -> Result<(), StoreError>;
     async fn list_audit(&self, limit: u32) -> Result<Vec<AuditEvent>, StoreError>;
 }

@@ -35,6 +35,7 @@ pub fn new_environment(request: api::CreateEnvironment) -> Result<NewEnvironment
             .map(NetworkMode::parse)
             .transpose()?,
         ttl_seconds: request.ttl_seconds,
+        idle_timeout_seconds: request.idle_timeout_seconds,
         team: request
             .team
             .as_deref()
@@ -70,6 +71,8 @@ pub fn environment(environment: Environment, usage: Option<Usage>) -> api::Envir
         created_at: environment.created_at,
         updated_at: environment.updated_at,
         expires_at: environment.expires_at,
+        last_activity_at: environment.last_activity_at,
+        idle_timeout_seconds: environment.idle_timeout.map(|timeout| timeout.as_secs()),
         failure: environment.failure,
         usage: usage.map(|usage| api::Usage {
             memory_bytes: usage.memory_bytes,

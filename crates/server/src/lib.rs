@@ -65,6 +65,11 @@ pub fn build_app(state: AppState) -> Router {
         )
         .route("/v1/environments/{id}/exec", post(handlers::exec))
         .route(
+            "/v1/environments/{id}/extend",
+            post(handlers::extend_environment),
+        )
+        .route("/v1/environments/{id}/lease", post(handlers::renew_lease))
+        .route(
             "/v1/users",
             post(handlers::create_user).get(handlers::list_users),
         )

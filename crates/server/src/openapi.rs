@@ -19,6 +19,8 @@ use crate::handlers;
         handlers::stop_environment,
         handlers::start_environment,
         handlers::exec,
+        handlers::extend_environment,
+        handlers::renew_lease,
         handlers::create_user,
         handlers::list_users,
         handlers::update_user,

@@ -12,9 +12,9 @@ use std::time::Duration;
 use airlock_core::Engine;
 use airlock_core::authz::Authorizer;
 use airlock_core::policy::Limits;
-use airlock_core::ports::{Runtime, SystemClock};
+use airlock_core::ports::{Runtime, Store, SystemClock};
 use airlock_runtime::{LocalConfig, LocalRuntime};
-use airlock_store::SqliteStore;
+use airlock_store::{PostgresStore, SqliteStore};
 use anyhow::{Context, Result, bail};
 use nix::fcntl::{Flock, FlockArg};
 use tokio::net::TcpListener;
@@ -23,13 +23,17 @@ use crate::oidc_auth::{OidcAuthenticator, OidcSettings};
 use crate::secrets::HostSecrets;
 use crate::{AppState, build_app, serve};
 
-/// How often grants are checked for their end: "within a few seconds" of expiry.
+/// How often grants, expiries and idle timeouts are checked: "within a few seconds".
 const ACCESS_SWEEP_EVERY: Duration = Duration::from_secs(1);
 
 /// Everything the server needs to start, validated by the caller (the CLI).
-#[derive(Debug, Clone)]
+/// Not `Debug`: the database URL may hold a password.
+#[derive(Clone)]
 pub struct ServerConfig {
     pub data_dir: PathBuf,
+    /// Keep state in this PostgreSQL database (`postgres://…`, it may hold a password) instead
+    /// of the SQLite file in `data_dir`.
+    pub database_url: Option<String>,
     pub listen: SocketAddr,
     /// The airlock executable, run as the runtime helper.
     pub helper: PathBuf,
@@ -45,6 +49,8 @@ pub struct ServerConfig {
     pub replace_default_policies: bool,
     /// Accept bearer JWTs from this OIDC issuer.
     pub oidc: Option<OidcSettings>,
+    /// How long requests in flight may finish after SIGTERM before they are cancelled.
+    pub shutdown_grace: Duration,
 }
 
 /// A started server: where it listens, and the admin secret if this start created it.
@@ -54,6 +60,7 @@ pub struct Started {
     pub admin_token_path: PathBuf,
     pub engine: Arc<Engine>,
     oidc: Option<Arc<OidcAuthenticator>>,
+    shutdown_grace: Duration,
     listener: TcpListener,
     _lock: Flock<fs::File>,
 }
@@ -69,9 +76,18 @@ pub async fn start(config: ServerConfig) -> Result<Started> {
         .context("securing the data directory")?;
     let lock = lock_data_dir(&config.data_dir)?;
 
-    let store = SqliteStore::open(&config.data_dir.join("airlock.db"))
-        .await
-        .context("opening the database")?;
+    let store: Arc<dyn Store> = match &config.database_url {
+        Some(url) => Arc::new(
+            PostgresStore::connect(url)
+                .await
+                .context("opening the PostgreSQL database")?,
+        ),
+        None => Arc::new(
+            SqliteStore::open(&config.data_dir.join("airlock.db"))
+                .await
+                .context("opening the database")?,
+        ),
+    };
     let runtime = LocalRuntime::open(LocalConfig {
         root: config.data_dir.join("runtime"),
         helper: config.helper.clone(),
@@ -83,14 +99,9 @@ pub async fn start(config: ServerConfig) -> Result<Started> {
     )?;
     let runtime: Arc<dyn Runtime> = Arc::new(runtime);
     let engine = Arc::new(
-        Engine::new(
-            Arc::new(store),
-            runtime,
-            Arc::new(SystemClock),
-            config.limits.clone(),
-        )
-        .with_authorizer(authorizer)
-        .with_secrets(Arc::new(HostSecrets)),
+        Engine::new(store, runtime, Arc::new(SystemClock), config.limits.clone())
+            .with_authorizer(authorizer)
+            .with_secrets(Arc::new(HostSecrets)),
     );
     let oidc = config
         .oidc
@@ -148,6 +159,7 @@ pub async fn start(config: ServerConfig) -> Result<Started> {
         admin_token_path,
         engine,
         oidc: oidc.map(Arc::new),
+        shutdown_grace: config.shutdown_grace,
         listener,
         _lock: lock,
     })
@@ -192,17 +204,46 @@ pub async fn run(started: Started, reconcile_every: Duration) -> Result<()> {
                 Ok(_) => {}
                 Err(error) => tracing::error!(%error, "access sweep failed"),
             }
+            match engine.reap().await {
+                Ok(report) if report != Default::default() => tracing::info!(?report, "reaped"),
+                Ok(_) => {}
+                Err(error) => tracing::error!(%error, "reaping failed"),
+            }
         }
     });
     let app = build_app(AppState {
         engine: started.engine.clone(),
         oidc: started.oidc.clone(),
     });
-    serve(started.listener, app, shutdown_signal())
-        .await
-        .context("serving")?;
+    // On SIGTERM or SIGINT: stop accepting, let requests in flight finish for the grace
+    // period, then cancel the rest (a cancelled create is reconciled at the next start).
+    // Environments keep running either way.
+    let (signalled, mut on_signal) = tokio::sync::watch::channel(false);
+    let mut server = tokio::spawn(serve(started.listener, app, async move {
+        shutdown_signal().await;
+        let _ = signalled.send(true);
+    }));
+    let served = tokio::select! {
+        served = &mut server => served,
+        _ = on_signal.wait_for(|signalled| *signalled) => {
+            match tokio::time::timeout(started.shutdown_grace, &mut server).await {
+                Ok(served) => served,
+                Err(_) => {
+                    tracing::warn!(
+                        grace = ?started.shutdown_grace,
+                        "cancelling the requests still in flight"
+                    );
+                    server.abort();
+                    Ok(Ok(()))
+                }
+            }
+        }
+    };
     reconciler.abort();
     sweeper.abort();
+    served
+        .context("the server task failed")?
+        .context("serving")?;
     tracing::info!("stopped; environments keep running");
     Ok(())
 }

@@ -402,6 +402,8 @@ async fn reconcile_fails_interrupted_creates_and_removes_what_they_made() {
             created_at: now,
             updated_at: now,
             expires_at: now + chrono::Duration::hours(1),
+            last_activity_at: now,
+            idle_timeout: None,
             failure: None,
         };
         fixture

@@ -116,4 +116,12 @@ CREATE TABLE settings (
     value TEXT NOT NULL
 );
 "#,
+    r#"
+-- Lifecycle: the last activity and the idle timeout.
+ALTER TABLE environments ADD COLUMN last_activity_at INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE environments ADD COLUMN idle_timeout_ms INTEGER;
+UPDATE environments SET last_activity_at = updated_at;
+CREATE INDEX environments_by_expiry ON environments (expires_at)
+    WHERE state IN ('running', 'stopped', 'failed');
+"#,
 ];

@@ -287,34 +287,6 @@ impl Store for SqliteStore {
         quota: Option<&Quota>,
     ) -> Result<Inserted, StoreError> {
         let mut tx = self.pool.begin().await.map_err(backend)?;
-        if let (Some(team), Some(quota)) = (&environment.team, quota) {
-            // A write first takes SQLite's write lock at once, so concurrent creates of one
-            // team count one after the other and never both fit into the last slot.
-            sqlx::query("UPDATE teams SET name = name WHERE name = ?")
-                .bind(team.as_str())
-                .execute(&mut *tx)
-                .await
-                .map_err(backend)?;
-            let row = sqlx::query(
-                "SELECT COUNT(*) AS environments, COALESCE(SUM(memory_mib), 0) AS memory_mib,
-                        COALESCE(SUM(millicpus), 0) AS millicpus
-                 FROM environments WHERE team = ? AND state NOT IN ('deleted', 'failed')",
-            )
-            .bind(team.as_str())
-            .fetch_one(&mut *tx)
-            .await
-            .map_err(backend)?;
-            let used = Resources {
-                memory_mib: row.get::<i64, _>("memory_mib") as u64,
-                millicpus: row.get::<i64, _>("millicpus") as u64,
-                pids: 0,
-                disk_mib: 0,
-            };
-            let count = row.get::<i64, _>("environments") as u64;
-            if let Some(exceeded) = over_quota(quota, count, &used, &environment.resources) {
-                return Ok(Inserted::OverQuota(exceeded));
-            }
-        }
         if let Some((key, fingerprint)) = idempotency {
             // Writing first takes SQLite's write lock at once, so two requests with one key
             // serialize here instead of both reading "absent".
@@ -346,9 +318,37 @@ impl Store for SqliteStore {
                 });
             }
         }
+        if let (Some(team), Some(quota)) = (&environment.team, quota) {
+            // A write first takes SQLite's write lock at once, so concurrent creates of one
+            // team count one after the other and never both fit into the last slot.
+            sqlx::query("UPDATE teams SET name = name WHERE name = ?")
+                .bind(team.as_str())
+                .execute(&mut *tx)
+                .await
+                .map_err(backend)?;
+            let row = sqlx::query(
+                "SELECT COUNT(*) AS environments, COALESCE(SUM(memory_mib), 0) AS memory_mib,
+                        COALESCE(SUM(millicpus), 0) AS millicpus
+                 FROM environments WHERE team = ? AND state NOT IN ('deleted', 'failed')",
+            )
+            .bind(team.as_str())
+            .fetch_one(&mut *tx)
+            .await
+            .map_err(backend)?;
+            let used = Resources {
+                memory_mib: row.get::<i64, _>("memory_mib") as u64,
+                millicpus: row.get::<i64, _>("millicpus") as u64,
+                pids: 0,
+                disk_mib: 0,
+            };
+            let count = row.get::<i64, _>("environments") as u64;
+            if let Some(exceeded) = over_quota(quota, count, &used, &environment.resources) {
+                return Ok(Inserted::OverQuota(exceeded));
+            }
+        }
         sqlx::query(
-            "INSERT INTO environments (id, name, owner_id, image, memory_mib, millicpus, pids, disk_mib, network, team, access_request, state, created_at, updated_at, expires_at, failure)
-             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            "INSERT INTO environments (id, name, owner_id, image, memory_mib, millicpus, pids, disk_mib, network, team, access_request, state, created_at, updated_at, expires_at, last_activity_at, idle_timeout_ms, failure)
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
         )
         .bind(environment.id.as_str())
         .bind(environment.name.as_str())
@@ -365,6 +365,12 @@ impl Store for SqliteStore {
         .bind(micros(environment.created_at))
         .bind(micros(environment.updated_at))
         .bind(micros(environment.expires_at))
+        .bind(micros(environment.last_activity_at))
+        .bind(
+            environment
+                .idle_timeout
+                .map(|timeout| timeout.as_millis() as i64),
+        )
         .bind(environment.failure.as_deref())
         .execute(&mut *tx)
         .await
@@ -659,6 +665,61 @@ impl Store for SqliteStore {
         Ok(())
     }
 
+    async fn touch_environment(
+        &self,
+        id: &EnvironmentId,
+        at: DateTime<Utc>,
+    ) -> Result<(), StoreError> {
+        sqlx::query(
+            "UPDATE environments SET last_activity_at = ? WHERE id = ? AND last_activity_at < ?",
+        )
+        .bind(micros(at))
+        .bind(id.as_str())
+        .bind(micros(at))
+        .execute(&self.pool)
+        .await
+        .map_err(backend)?;
+        Ok(())
+    }
+
+    async fn set_expiry(
+        &self,
+        id: &EnvironmentId,
+        expires_at: DateTime<Utc>,
+    ) -> Result<Option<Environment>, StoreError> {
+        let row = sqlx::query(
+            "UPDATE environments SET expires_at = ?
+             WHERE id = ? AND state IN ('creating', 'running', 'stopped') RETURNING *",
+        )
+        .bind(micros(expires_at))
+        .bind(id.as_str())
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(backend)?;
+        row.map(|row| environment_from_row(&row)).transpose()
+    }
+
+    async fn due_environments(
+        &self,
+        now: DateTime<Utc>,
+        limit: u32,
+    ) -> Result<Vec<Environment>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT * FROM environments
+             WHERE (state IN ('running', 'stopped', 'failed') AND expires_at <= ?)
+                OR (state = 'running' AND idle_timeout_ms IS NOT NULL
+                    AND last_activity_at + idle_timeout_ms * 1000 <= ?)
+             ORDER BY id LIMIT ?",
+        )
+        .bind(micros(now))
+        .bind(micros(now))
+        .bind(limit as i64)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(backend)?;
+        rows.iter().map(environment_from_row).collect()
+    }
+
     async fn append_audit(&self, event: &AuditEvent) -> Result<(), StoreError> {
         sqlx::query(
             "INSERT INTO audit_events (time, request_id, actor, action, target, outcome, source, detail)
@@ -728,6 +789,10 @@ fn environment_from_row(row: &SqliteRow) -> Result<Environment, StoreError> {
         created_at: from_micros(row.get("created_at"))?,
         updated_at: from_micros(row.get("updated_at"))?,
         expires_at: from_micros(row.get("expires_at"))?,
+        last_activity_at: from_micros(row.get("last_activity_at"))?,
+        idle_timeout: row
+            .get::<Option<i64>, _>("idle_timeout_ms")
+            .map(|millis| Duration::from_millis(millis as u64)),
         failure: row.get("failure"),
     })
 }

@@ -5,14 +5,15 @@ use std::time::Duration;
 use sha2::{Digest, Sha256};
 use tokio::sync::OwnedMutexGuard;
 
-use super::{Engine, Origin};
-use crate::access::{AccessRequest, SandboxFile};
+use super::{Engine, Origin, ReapReport};
+use crate::access::{AccessRequest, AccessState, SandboxFile};
 use crate::action::{Command, ListEnvironments, NewEnvironment, Reply};
+use crate::admission::Priority;
 use crate::authz::Resource;
 use crate::error::{Error, Invalid};
 use crate::ids::{EnvironmentId, Name};
-use crate::model::{EnvState, Environment, ExecSpec, NetworkMode, Principal, Quota};
-use crate::ports::{EnvironmentQuery, Inserted, SandboxSpec, StoreError};
+use crate::model::{EnvState, Environment, ExecSpec, NetworkMode, Principal, Quota, Role};
+use crate::ports::{AccessQuery, EnvironmentQuery, Inserted, SandboxSpec, StoreError};
 
 impl Engine {
     pub(super) async fn create_environment(
@@ -73,6 +74,7 @@ impl Engine {
             .into());
         }
         let ttl = self.limits.ttl(request.ttl_seconds)?;
+        let idle_timeout = self.limits.idle_timeout(request.idle_timeout_seconds)?;
         let fingerprint = fingerprint(&request);
         let files = match &grant {
             Some((access, _)) => self.grant_files(access).await?,
@@ -104,11 +106,28 @@ impl Engine {
             created_at: now,
             updated_at: now,
             expires_at,
+            last_activity_at: now,
+            idle_timeout,
             failure: None,
         };
         let claim = idempotency_key
             .as_deref()
             .map(|key| (key, fingerprint.as_str()));
+        // A turn to create: fair across teams (or users without one), production access first,
+        // CI batches last. Refused here, nothing has been written.
+        let priority = self.priority_of(principal, grant.is_some()).await?;
+        let queue = environment
+            .team
+            .as_ref()
+            .map_or(principal.user.id.as_str(), Name::as_str);
+        let _turn = self
+            .admission
+            .admit(queue, priority)
+            .await
+            .map_err(|shed| Error::Overloaded {
+                reason: format!("too many environments are being created: {}", shed.reason),
+                retry_after: shed.retry_after,
+            })?;
         let _lock = self.lock(&id).await;
         match self
             .store
@@ -321,6 +340,7 @@ impl Engine {
         let environment = self
             .settle(id, EnvState::Stopped, EnvState::Running)
             .await?;
+        self.store.touch_environment(id, self.now()).await?;
         Ok(Reply::Environment {
             environment,
             replayed: false,
@@ -396,6 +416,7 @@ impl Engine {
             )));
         }
         self.check_grant(&environment).await?;
+        self.store.touch_environment(id, self.now()).await?;
         // A grant's variables are read at each command and take precedence over the caller's.
         for (name, value) in self.grant_env(&environment).await? {
             let value = String::from_utf8_lossy(value.expose()).into_owned();
@@ -513,6 +534,11 @@ impl Engine {
         id: &EnvironmentId,
     ) -> Result<Reply, Error> {
         let environment = self.load_for(principal, id, "environment.get").await?;
+        // A read is activity too, kept to the minute (reads are frequent, writes are not free).
+        let now = self.now();
+        if now - environment.last_activity_at >= chrono::Duration::minutes(1) {
+            self.store.touch_environment(id, now).await?;
+        }
         let usage = match environment.state {
             EnvState::Running => self.runtime.usage(id).await.ok(),
             _ => None,
@@ -521,6 +547,195 @@ impl Engine {
             environment,
             replayed: false,
             usage,
+        })
+    }
+
+    pub(super) async fn renew_lease(
+        &self,
+        principal: &Principal,
+        id: &EnvironmentId,
+    ) -> Result<Reply, Error> {
+        let environment = self.load_for(principal, id, "environment.lease").await?;
+        if !environment.state.holds_sandbox() {
+            return Err(Error::Conflict(format!(
+                "a {} environment has no lease",
+                environment.state
+            )));
+        }
+        self.store.touch_environment(id, self.now()).await?;
+        self.reread(id).await
+    }
+
+    /// Sets the expiry to now + `ttl_seconds`, within the hard maximum from creation (the
+    /// operator's `max_ttl`) and never past the environment's grant.
+    pub(super) async fn extend_environment(
+        &self,
+        principal: &Principal,
+        id: &EnvironmentId,
+        ttl_seconds: u64,
+    ) -> Result<Reply, Error> {
+        let environment = self.load_for(principal, id, "environment.extend").await?;
+        let ttl = self.limits.ttl(Some(ttl_seconds))?;
+        let now = self.now();
+        let hard_maximum = environment.created_at
+            + chrono::Duration::from_std(self.limits.max_ttl)
+                .map_err(|e| Error::internal("ttl", e))?;
+        let asked = now + chrono::Duration::from_std(ttl).map_err(|e| Error::internal("ttl", e))?;
+        if asked > hard_maximum {
+            return Err(Invalid::new(
+                "ttl_seconds",
+                format!(
+                    "would pass the environment's hard maximum, {}",
+                    hard_maximum.to_rfc3339()
+                ),
+            )
+            .into());
+        }
+        if let Some(grant) = &environment.access_request {
+            let grant_end = self
+                .store
+                .get_access_request(grant)
+                .await?
+                .and_then(|request| request.expires_at);
+            if grant_end.is_none_or(|end| asked > end) {
+                return Err(Invalid::new(
+                    "ttl_seconds",
+                    "would outlive the environment's access grant",
+                )
+                .into());
+            }
+        }
+        let extended = self.store.set_expiry(id, asked).await?.ok_or_else(|| {
+            Error::Conflict(format!(
+                "a {} environment cannot be extended",
+                environment.state
+            ))
+        })?;
+        self.store.touch_environment(id, now).await?;
+        Ok(Reply::Environment {
+            environment: extended,
+            replayed: false,
+            usage: None,
+        })
+    }
+
+    async fn reread(&self, id: &EnvironmentId) -> Result<Reply, Error> {
+        let environment = self
+            .store
+            .get_environment(id)
+            .await?
+            .ok_or(Error::not_found("environment"))?;
+        Ok(Reply::Environment {
+            environment,
+            replayed: false,
+            usage: None,
+        })
+    }
+
+    /// Enforces lifetimes, level-driven: environments past their expiry are deleted,
+    /// running ones idle past their timeout are stopped (their files kept). Run every second.
+    pub async fn reap(&self) -> Result<ReapReport, Error> {
+        let mut report = ReapReport::default();
+        let now = self.now();
+        for environment in self.store.due_environments(now, 500).await? {
+            let id = environment.id.clone();
+            let expired = environment.expires_at <= now;
+            let result = if expired {
+                self.tear_down(&id).await.map(|_| ())
+            } else {
+                self.stop_idle(&environment).await
+            };
+            let (action, detail) = if expired {
+                (
+                    "environment.expire",
+                    format!("its TTL ended at {}", environment.expires_at.to_rfc3339()),
+                )
+            } else {
+                (
+                    "environment.idle_stop",
+                    format!("idle since {}", environment.last_activity_at.to_rfc3339()),
+                )
+            };
+            match result {
+                Ok(()) => {
+                    tracing::info!(environment = %id, action, "reaped");
+                    if expired {
+                        report.expired.push(id.clone());
+                    } else {
+                        report.stopped.push(id.clone());
+                    }
+                    self.audit(
+                        &Origin::default(),
+                        "system",
+                        action,
+                        Some(id.to_string()),
+                        "ok",
+                        Some(detail),
+                    )
+                    .await;
+                }
+                Err(error) => {
+                    tracing::error!(environment = %id, %error, action, "could not reap");
+                    report.failures.push((id, error.to_string()));
+                }
+            }
+        }
+        Ok(report)
+    }
+
+    /// Stops a running environment for idleness, unless it became active (or changed) since
+    /// it was found due.
+    async fn stop_idle(&self, found: &Environment) -> Result<(), Error> {
+        let _lock = self.lock(&found.id).await;
+        let Some(current) = self.store.get_environment(&found.id).await? else {
+            return Ok(());
+        };
+        let still_idle = current.state == EnvState::Running
+            && current
+                .idle_deadline()
+                .is_some_and(|deadline| deadline <= self.now());
+        if !still_idle {
+            return Ok(());
+        }
+        self.runtime.stop(&found.id).await?;
+        self.settle(&found.id, EnvState::Running, EnvState::Stopped)
+            .await?;
+        Ok(())
+    }
+
+    /// The class a create waits in: under a grant, production access; by someone holding an
+    /// active grant, incident work; by a CI account, batch; otherwise interactive.
+    async fn priority_of(
+        &self,
+        principal: &Principal,
+        under_grant: bool,
+    ) -> Result<Priority, Error> {
+        if under_grant {
+            return Ok(Priority::Access);
+        }
+        let now = self.now();
+        let holds_grant = self
+            .store
+            .list_access_requests(&AccessQuery {
+                requester: Some(principal.user.id.clone()),
+                states: Some(vec![AccessState::Approved]),
+                after: None,
+                limit: 10,
+            })
+            .await?
+            .iter()
+            .any(|request| request.is_active(now));
+        let roles = &principal.user.roles;
+        Ok(if holds_grant {
+            Priority::Incident
+        } else if roles.contains(&Role::Ci)
+            && !roles
+                .iter()
+                .any(|role| matches!(role, Role::Admin | Role::Developer))
+        {
+            Priority::Batch
+        } else {
+            Priority::Interactive
         })
     }
 

@@ -82,8 +82,7 @@ impl Engine {
                     Err(StoreError::Duplicate(_)) => {
                         // Two first requests at once: the other one made the user. (Or the
                         // name is a local user's: then there is no such user, and no way in.)
-                        let Some(made) = self.store.find_external_user(&external_id).await?
-                        else {
+                        let Some(made) = self.store.find_external_user(&external_id).await? else {
                             tracing::warn!(name = %user.name, "an OIDC user's name is taken");
                             return Err(Error::Unauthenticated);
                         };

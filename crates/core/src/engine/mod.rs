@@ -9,6 +9,7 @@ use chrono::{DateTime, Utc};
 use tokio::sync::{Mutex, OwnedMutexGuard};
 
 use crate::action::{Action, Reply};
+use crate::admission::{Admission, AdmissionSnapshot};
 use crate::authz::{Authorizer, Resource, Subject};
 use crate::error::Error;
 use crate::ids::{EnvironmentId, Name, TokenId, UserId};
@@ -36,6 +37,16 @@ mod identity;
 mod reconcile;
 
 pub use access::SweepReport;
+
+/// What one pass of [`Engine::reap`] did.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct ReapReport {
+    /// Deleted: their TTL ended.
+    pub expired: Vec<EnvironmentId>,
+    /// Stopped, files kept: idle past their timeout.
+    pub stopped: Vec<EnvironmentId>,
+    pub failures: Vec<(EnvironmentId, String)>,
+}
 pub use identity::ExternalIdentity;
 pub use reconcile::ReconcileReport;
 
@@ -55,6 +66,8 @@ pub struct Engine {
     /// Serializes decisions on access requests and the sweep that ends them.
     access_lock: Mutex<()>,
     rate_limiter: RateLimiter,
+    /// Creates wait here for a turn: bounded concurrency, fair across teams, by priority.
+    admission: Admission,
 }
 
 impl Engine {
@@ -69,6 +82,7 @@ impl Engine {
             runtime,
             clock,
             secrets: Arc::new(NoSecrets),
+            admission: Admission::new(limits.admission.clone()),
             limits,
             authorizer: Authorizer::new(None, false).expect("the built-in policies are valid"),
             high_water: AtomicI64::new(i64::MIN),
@@ -94,6 +108,11 @@ impl Engine {
 
     pub fn limits(&self) -> &Limits {
         &self.limits
+    }
+
+    /// Creates running and waiting now.
+    pub fn admission(&self) -> AdmissionSnapshot {
+        self.admission.snapshot()
     }
 
     /// The time, never earlier than any time seen before, in this process or (after
@@ -297,6 +316,14 @@ impl Engine {
                 environment,
                 command,
             } => self.exec(principal, &environment, command).await,
+            Action::ExtendEnvironment {
+                environment,
+                ttl_seconds,
+            } => {
+                self.extend_environment(principal, &environment, ttl_seconds)
+                    .await
+            }
+            Action::RenewLease(environment) => self.renew_lease(principal, &environment).await,
             Action::CreateUser(new_user) => self.create_user(principal, new_user).await,
             Action::ListUsers => self.list_users(principal).await,
             Action::UpdateUser { id, roles, teams } => {

@@ -252,3 +252,45 @@ pub async fn exec(
     };
     Ok(Json(convert::exec_result(output)))
 }
+
+/// Pushes the environment's expiry to now + `ttl_seconds`, within the hard maximum.
+#[utoipa::path(post, path = "/v1/environments/{id}/extend", tag = "environments",
+    params(("id" = String, Path, description = "Environment id")),
+    request_body = api::ExtendEnvironment,
+    responses((status = 200, body = api::Environment), (status = 400, body = api::Problem), (status = 404, body = api::Problem)),
+    security(("bearer" = [])))]
+pub async fn extend_environment(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+    Body(request): Body<api::ExtendEnvironment>,
+) -> Result<Json<api::Environment>> {
+    let id = environment_id(&state, &caller, "environment.extend", &id).await?;
+    Ok(Json(environment_reply(
+        perform(
+            &state,
+            &caller,
+            Action::ExtendEnvironment {
+                environment: id,
+                ttl_seconds: request.ttl_seconds,
+            },
+        )
+        .await?,
+    )?))
+}
+
+/// Renews an agent's lease: counts as activity, so the idle timeout starts again.
+#[utoipa::path(post, path = "/v1/environments/{id}/lease", tag = "environments",
+    params(("id" = String, Path, description = "Environment id")),
+    responses((status = 200, body = api::Environment), (status = 404, body = api::Problem)),
+    security(("bearer" = [])))]
+pub async fn renew_lease(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> Result<Json<api::Environment>> {
+    let id = environment_id(&state, &caller, "environment.lease", &id).await?;
+    Ok(Json(environment_reply(
+        perform(&state, &caller, Action::RenewLease(id)).await?,
+    )?))
+}

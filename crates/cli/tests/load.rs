@@ -1,0 +1,202 @@
+//! Holding up under traffic: a principal over its rate gets 429 with a Retry-After it can
+//! trust, others are untouched, revocations always get through, and every refusal is audited.
+
+mod common;
+
+use common::{Server, can_run_sandboxes};
+use reqwest::{Method, StatusCode};
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_principal_over_its_rate_gets_429_and_others_do_not() {
+    if !can_run_sandboxes("a_principal_over_its_rate_gets_429_and_others_do_not") {
+        return;
+    }
+    // 5 a second with a burst of 5; admins (who revoke) 1000 a second.
+    let server =
+        Server::start_with(&["--rate-limit", "5/s:5", "--role-rate-limit", "admin=1000/s"]);
+    let (noisy, noisy_id) = server
+        .user_with("noisy", &["ci"], &[], &["read", "write"])
+        .await;
+    let (calm, _) = server
+        .user_with("calm", &["developer"], &[], &["read", "write"])
+        .await;
+
+    let attempts: Vec<_> = (0..30)
+        .map(|_| {
+            let noisy = noisy.on(&server);
+            tokio::spawn(
+                async move { noisy.call(Method::GET, "/v1/environments", None, &[]).await },
+            )
+        })
+        .collect();
+    let mut ok = 0;
+    let mut limited = 0;
+    let mut longest_wait = 0;
+    for attempt in attempts {
+        let answer = attempt.await.unwrap();
+        match answer.status {
+            StatusCode::OK => ok += 1,
+            StatusCode::TOO_MANY_REQUESTS => {
+                limited += 1;
+                let retry_after: u64 = answer.headers["retry-after"]
+                    .to_str()
+                    .unwrap()
+                    .parse()
+                    .unwrap();
+                assert!(retry_after >= 1, "Retry-After {retry_after}");
+                longest_wait = longest_wait.max(retry_after);
+                assert!(
+                    answer.body["type"]
+                        .as_str()
+                        .unwrap()
+                        .ends_with("rate-limited"),
+                    "{}",
+                    answer.body
+                );
+            }
+            other => panic!("unexpected {other}: {}", answer.body),
+        }
+    }
+    // The burst passes; a few more may as time moves during the storm; most are refused.
+    assert!((5..=10).contains(&ok), "{ok} allowed");
+    assert_eq!(ok + limited, 30);
+
+    // Someone else within their rate is not affected.
+    let (status, _) = calm.get("/v1/environments").await;
+    assert_eq!(status, StatusCode::OK);
+
+    // After the advertised wait, the noisy principal is served again.
+    tokio::time::sleep(std::time::Duration::from_secs(longest_wait)).await;
+    let (status, _) = noisy.get("/v1/environments").await;
+    assert_eq!(status, StatusCode::OK);
+
+    // Revoking is never limited: exhaust the rate, then revoke the noisy principal's own
+    // token with it.
+    let (status, tokens) = noisy.get("/v1/tokens").await;
+    assert_eq!(status, StatusCode::OK, "{tokens}");
+    let token_id = tokens["items"][0]["id"].as_str().unwrap().to_owned();
+    loop {
+        let (status, _) = noisy.get("/v1/environments").await;
+        if status == StatusCode::TOO_MANY_REQUESTS {
+            break;
+        }
+    }
+    let (status, body) = noisy.delete(&format!("/v1/tokens/{token_id}")).await;
+    assert_eq!(status, StatusCode::NO_CONTENT, "{body}");
+    let (status, _) = noisy.get("/v1/environments").await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+
+    // Every 429 is in the audit trail, against the principal.
+    let store = airlock_store::SqliteStore::open(&server.data_dir.join("airlock.db"))
+        .await
+        .unwrap();
+    use airlock_core::ports::Store;
+    let audited = store
+        .list_audit(1000)
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|event| event.outcome == "rate_limited" && event.actor == noisy_id)
+        .count();
+    assert!(
+        audited >= limited,
+        "{audited} of {limited} refusals audited"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_burst_far_above_capacity_ends_in_201_or_503_and_another_team_gets_through() {
+    if !can_run_sandboxes(
+        "a_burst_far_above_capacity_ends_in_201_or_503_and_another_team_gets_through",
+    ) {
+        return;
+    }
+    // Two creates at once, ten waiting at most, for at most 5 seconds.
+    let server = Server::start_with(&[
+        "--max-concurrent-creates",
+        "2",
+        "--create-queue-size",
+        "10",
+        "--create-queue-wait",
+        "5",
+    ]);
+    let admin = server.admin();
+    for team in ["release", "oncall"] {
+        let (status, body) = admin
+            .post("/v1/teams", serde_json::json!({ "name": team }))
+            .await;
+        assert_eq!(status, StatusCode::CREATED, "{body}");
+    }
+    let (burst, _) = server
+        .user_with("release-bot", &["ci"], &["release"], &["read", "write"])
+        .await;
+    let (person, _) = server
+        .user_with("sam", &["developer"], &["oncall"], &["read", "write"])
+        .await;
+    let body = serde_json::json!({ "resources": { "disk_mib": 64, "memory_mib": 64 } });
+    let mut burst_calls = Vec::new();
+    for _ in 0..60 {
+        let burst = burst.on(&server);
+        let body = body.clone();
+        burst_calls.push(tokio::spawn(async move {
+            burst
+                .call(Method::POST, "/v1/environments", Some(body), &[])
+                .await
+        }));
+    }
+    // The other team arrives while the burst is queued.
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    let mut person_calls = Vec::new();
+    for _ in 0..3 {
+        let person = person.on(&server);
+        let body = body.clone();
+        person_calls.push(tokio::spawn(async move {
+            person
+                .call(Method::POST, "/v1/environments", Some(body), &[])
+                .await
+        }));
+    }
+    let mut created = 0;
+    let mut shed = 0;
+    for call in burst_calls {
+        let answer = call.await.unwrap();
+        match answer.status {
+            StatusCode::CREATED => created += 1,
+            StatusCode::SERVICE_UNAVAILABLE => {
+                shed += 1;
+                assert!(
+                    answer.headers.contains_key("retry-after"),
+                    "{}",
+                    answer.body
+                );
+                assert!(
+                    answer.body["type"]
+                        .as_str()
+                        .unwrap()
+                        .ends_with("overloaded"),
+                    "{}",
+                    answer.body
+                );
+            }
+            other => panic!("unexpected {other}: {}", answer.body),
+        }
+    }
+    for call in person_calls {
+        let answer = call.await.unwrap();
+        assert_eq!(answer.status, StatusCode::CREATED, "{}", answer.body);
+    }
+    eprintln!("burst of 60: {created} created, {shed} refused with 503");
+    assert!(
+        shed > 0,
+        "the burst was far above capacity: {created} created"
+    );
+    assert_eq!(created + shed, 60);
+    // Exactly the acknowledged creates hold sandboxes: a refused create left nothing.
+    assert_eq!(server.sandbox_dirs().len(), created + 3);
+    let (status, list) = admin.get("/v1/environments?all=true&limit=200").await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(list["items"].as_array().unwrap().len(), created + 3);
+    // Health is never shed.
+    let (status, _) = server.anonymous().get("/healthz").await;
+    assert_eq!(status, StatusCode::OK);
+}

@@ -1,0 +1,1052 @@
+//! The store for several server replicas: PostgreSQL through a connection pool. It behaves as
+//! the SQLite store does (the conformance suite in `tests/conformance.rs` holds both to it);
+//! only the ways to be atomic differ: row locks (`SELECT … FOR UPDATE`) where SQLite takes its
+//! database-wide write lock, and `INSERT … ON CONFLICT DO NOTHING` for claims.
+
+use std::time::Duration;
+
+use airlock_core::access::{
+    AccessProfile, AccessRequest, AccessState, Approval, Approved, SecretMount,
+};
+use airlock_core::ids::{AccessRequestId, EnvironmentId, Name, TokenId, UserId};
+use airlock_core::model::{
+    AuditEvent, EnvState, Environment, NetworkMode, Party, Quota, Resources, Role, Scope, Team,
+    TokenRecord, User,
+};
+use airlock_core::ports::{AccessQuery, EnvironmentQuery, Inserted, Store, StoreError};
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use sqlx::postgres::{PgPoolOptions, PgRow};
+use sqlx::{PgConnection, PgPool, Postgres, QueryBuilder, Row};
+
+use crate::schema_postgres::MIGRATIONS;
+
+/// The advisory lock held while migrating, so that servers starting at once migrate in turn.
+/// The bytes of "airlock\0".
+const MIGRATION_LOCK: i64 = 0x6169_726c_6f63_6b00;
+
+#[derive(Debug, Clone)]
+pub struct PostgresStore {
+    pool: PgPool,
+}
+
+impl PostgresStore {
+    /// Connects to the database at `url` (`postgres://user:password@host:port/database`, with
+    /// any of libpq's parameters, e.g. `?sslmode=require` or `?options=-c%20search_path%3Dx`)
+    /// and brings its schema up to date.
+    pub async fn connect(url: &str) -> Result<Self, StoreError> {
+        let pool = PgPoolOptions::new()
+            .max_connections(16)
+            .acquire_timeout(Duration::from_secs(30))
+            .connect(url)
+            .await
+            .map_err(|error| StoreError::Backend(format!("connecting to PostgreSQL: {error}")))?;
+        let store = Self { pool };
+        store.migrate().await?;
+        Ok(store)
+    }
+
+    async fn migrate(&self) -> Result<(), StoreError> {
+        let mut tx = self.pool.begin().await.map_err(backend)?;
+        // Held until the commit: a second server starting now waits here, then finds the
+        // schema up to date.
+        sqlx::query("SELECT pg_advisory_xact_lock($1)")
+            .bind(MIGRATION_LOCK)
+            .execute(&mut *tx)
+            .await
+            .map_err(backend)?;
+        let exists: bool = sqlx::query_scalar("SELECT to_regclass('schema_version') IS NOT NULL")
+            .fetch_one(&mut *tx)
+            .await
+            .map_err(backend)?;
+        if !exists {
+            sqlx::query("CREATE TABLE schema_version (version BIGINT NOT NULL)")
+                .execute(&mut *tx)
+                .await
+                .map_err(backend)?;
+        }
+        let current: Option<i64> = sqlx::query_scalar("SELECT MAX(version) FROM schema_version")
+            .fetch_one(&mut *tx)
+            .await
+            .map_err(backend)?;
+        let current = current.unwrap_or(0) as usize;
+        if current > MIGRATIONS.len() {
+            return Err(StoreError::Backend(format!(
+                "the database's schema (version {current}) is newer than this airlock's ({})",
+                MIGRATIONS.len()
+            )));
+        }
+        for (index, migration) in MIGRATIONS.iter().enumerate().skip(current) {
+            // Without arguments a query goes as one simple query: its statements run in turn.
+            // (`raw_sql` would too, but its future does not prove `Send` where a caller
+            // spawns the connecting.)
+            sqlx::Executor::execute(&mut *tx, *migration)
+                .await
+                .map_err(backend)?;
+            sqlx::query("INSERT INTO schema_version (version) VALUES ($1)")
+                .bind((index + 1) as i64)
+                .execute(&mut *tx)
+                .await
+                .map_err(backend)?;
+        }
+        tx.commit().await.map_err(backend)
+    }
+}
+
+#[async_trait]
+impl Store for PostgresStore {
+    async fn insert_user(&self, user: &User) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO users (id, name, roles, teams, external_id, created_at) VALUES ($1, $2, $3, $4, $5, $6)",
+        )
+        .bind(user.id.as_str())
+        .bind(user.name.as_str())
+        .bind(join(user.roles.iter().map(|role| role.as_str())))
+        .bind(join(user.teams.iter().map(Name::as_str)))
+        .bind(user.external_id.as_deref())
+        .bind(micros(user.created_at))
+        .execute(&self.pool)
+        .await
+        .map_err(|error| duplicate_or_backend(error, "user"))?;
+        Ok(())
+    }
+
+    async fn get_user(&self, id: &UserId) -> Result<Option<User>, StoreError> {
+        sqlx::query("SELECT * FROM users WHERE id = $1")
+            .bind(id.as_str())
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(backend)?
+            .map(|row| user_from_row(&row))
+            .transpose()
+    }
+
+    async fn find_external_user(&self, external_id: &str) -> Result<Option<User>, StoreError> {
+        sqlx::query("SELECT * FROM users WHERE external_id = $1")
+            .bind(external_id)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(backend)?
+            .map(|row| user_from_row(&row))
+            .transpose()
+    }
+
+    async fn list_users(
+        &self,
+        after: Option<&UserId>,
+        limit: u32,
+    ) -> Result<Vec<User>, StoreError> {
+        let rows = sqlx::query("SELECT * FROM users WHERE id > $1 ORDER BY id LIMIT $2")
+            .bind(after.map_or("", UserId::as_str))
+            .bind(limit as i64)
+            .fetch_all(&self.pool)
+            .await
+            .map_err(backend)?;
+        rows.iter().map(user_from_row).collect()
+    }
+
+    async fn update_user(&self, user: &User) -> Result<bool, StoreError> {
+        let result = sqlx::query("UPDATE users SET roles = $1, teams = $2 WHERE id = $3")
+            .bind(join(user.roles.iter().map(|role| role.as_str())))
+            .bind(join(user.teams.iter().map(Name::as_str)))
+            .bind(user.id.as_str())
+            .execute(&self.pool)
+            .await
+            .map_err(backend)?;
+        Ok(result.rows_affected() == 1)
+    }
+
+    async fn count_users(&self) -> Result<u64, StoreError> {
+        let count: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM users")
+            .fetch_one(&self.pool)
+            .await
+            .map_err(backend)?;
+        Ok(count as u64)
+    }
+
+    async fn insert_team(&self, team: &Team) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO teams (name, max_environments, max_memory_mib, max_millicpus, created_at) VALUES ($1, $2, $3, $4, $5)",
+        )
+        .bind(team.name.as_str())
+        .bind(team.quota.max_environments.map(|n| n as i64))
+        .bind(team.quota.max_memory_mib.map(|n| n as i64))
+        .bind(team.quota.max_millicpus.map(|n| n as i64))
+        .bind(micros(team.created_at))
+        .execute(&self.pool)
+        .await
+        .map_err(|error| duplicate_or_backend(error, "team"))?;
+        Ok(())
+    }
+
+    async fn get_team(&self, name: &Name) -> Result<Option<Team>, StoreError> {
+        sqlx::query("SELECT * FROM teams WHERE name = $1")
+            .bind(name.as_str())
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(backend)?
+            .map(|row| team_from_row(&row))
+            .transpose()
+    }
+
+    async fn list_teams(&self) -> Result<Vec<Team>, StoreError> {
+        let rows = sqlx::query("SELECT * FROM teams ORDER BY name")
+            .fetch_all(&self.pool)
+            .await
+            .map_err(backend)?;
+        rows.iter().map(team_from_row).collect()
+    }
+
+    async fn set_quota(&self, name: &Name, quota: &Quota) -> Result<bool, StoreError> {
+        let result = sqlx::query(
+            "UPDATE teams SET max_environments = $1, max_memory_mib = $2, max_millicpus = $3 WHERE name = $4",
+        )
+        .bind(quota.max_environments.map(|n| n as i64))
+        .bind(quota.max_memory_mib.map(|n| n as i64))
+        .bind(quota.max_millicpus.map(|n| n as i64))
+        .bind(name.as_str())
+        .execute(&self.pool)
+        .await
+        .map_err(backend)?;
+        Ok(result.rows_affected() == 1)
+    }
+
+    async fn insert_token(&self, token: &TokenRecord) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO tokens (id, user_id, secret_hash, scopes, description, created_at, expires_at, revoked_at)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+        )
+        .bind(token.id.as_str())
+        .bind(token.user_id.as_str())
+        .bind(&token.secret_hash[..])
+        .bind(join(token.scopes.iter().map(|scope| scope.as_str())))
+        .bind(token.description.as_deref())
+        .bind(micros(token.created_at))
+        .bind(token.expires_at.map(micros))
+        .bind(token.revoked_at.map(micros))
+        .execute(&self.pool)
+        .await
+        .map_err(|error| duplicate_or_backend(error, "token"))?;
+        Ok(())
+    }
+
+    async fn get_token(&self, id: &TokenId) -> Result<Option<TokenRecord>, StoreError> {
+        sqlx::query("SELECT * FROM tokens WHERE id = $1")
+            .bind(id.as_str())
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(backend)?
+            .map(|row| token_from_row(&row))
+            .transpose()
+    }
+
+    async fn find_token(
+        &self,
+        secret_hash: &[u8; 32],
+    ) -> Result<Option<(TokenRecord, User)>, StoreError> {
+        let row = sqlx::query(
+            "SELECT tokens.*, users.name AS user_name, users.roles AS user_roles, users.teams AS user_teams,
+                    users.external_id AS user_external_id, users.created_at AS user_created_at
+             FROM tokens JOIN users ON users.id = tokens.user_id WHERE tokens.secret_hash = $1",
+        )
+        .bind(&secret_hash[..])
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(backend)?;
+        let Some(row) = row else { return Ok(None) };
+        let token = token_from_row(&row)?;
+        let user = User {
+            id: token.user_id.clone(),
+            name: parse_name(row.get("user_name"))?,
+            roles: split(row.get("user_roles"), |text| {
+                Role::parse(text).map_err(corrupt)
+            })?,
+            teams: split(row.get("user_teams"), parse_name)?,
+            external_id: row.get("user_external_id"),
+            created_at: from_micros(row.get("user_created_at"))?,
+        };
+        Ok(Some((token, user)))
+    }
+
+    async fn revoke_token(&self, id: &TokenId, at: DateTime<Utc>) -> Result<bool, StoreError> {
+        let result =
+            sqlx::query("UPDATE tokens SET revoked_at = $1 WHERE id = $2 AND revoked_at IS NULL")
+                .bind(micros(at))
+                .bind(id.as_str())
+                .execute(&self.pool)
+                .await
+                .map_err(backend)?;
+        Ok(result.rows_affected() == 1)
+    }
+
+    async fn list_tokens(&self, user: &UserId) -> Result<Vec<TokenRecord>, StoreError> {
+        let rows = sqlx::query("SELECT * FROM tokens WHERE user_id = $1 ORDER BY id")
+            .bind(user.as_str())
+            .fetch_all(&self.pool)
+            .await
+            .map_err(backend)?;
+        rows.iter().map(token_from_row).collect()
+    }
+
+    async fn touch_token(&self, id: &TokenId, at: DateTime<Utc>) -> Result<(), StoreError> {
+        sqlx::query("UPDATE tokens SET last_used_at = $1 WHERE id = $2")
+            .bind(micros(at))
+            .bind(id.as_str())
+            .execute(&self.pool)
+            .await
+            .map_err(backend)?;
+        Ok(())
+    }
+
+    async fn insert_environment(
+        &self,
+        environment: &Environment,
+        idempotency: Option<(&str, &str)>,
+        quota: Option<&Quota>,
+    ) -> Result<Inserted, StoreError> {
+        let mut tx = self.pool.begin().await.map_err(backend)?;
+        if let Some((key, fingerprint)) = idempotency {
+            // A second request with the key waits on the first one's uncommitted row, then
+            // inserts nothing and reads the committed claim.
+            let claimed = sqlx::query(
+                "INSERT INTO idempotency_keys (owner_id, key, environment_id, fingerprint, created_at)
+                 VALUES ($1, $2, $3, $4, $5) ON CONFLICT (owner_id, key) DO NOTHING",
+            )
+            .bind(environment.owner.as_str())
+            .bind(key)
+            .bind(environment.id.as_str())
+            .bind(fingerprint)
+            .bind(micros(environment.created_at))
+            .execute(&mut *tx)
+            .await
+            .map_err(backend)?
+            .rows_affected()
+                == 1;
+            if !claimed {
+                let row = sqlx::query(
+                    "SELECT environment_id, fingerprint FROM idempotency_keys WHERE owner_id = $1 AND key = $2",
+                )
+                .bind(environment.owner.as_str())
+                .bind(key)
+                .fetch_one(&mut *tx)
+                .await
+                .map_err(backend)?;
+                return Ok(Inserted::Replayed {
+                    environment: EnvironmentId::parse(row.get("environment_id"))
+                        .map_err(corrupt)?,
+                    fingerprint: row.get("fingerprint"),
+                });
+            }
+        }
+        if let (Some(team), Some(quota)) = (&environment.team, quota) {
+            // Concurrent creates in one team count one after the other: each holds the team's
+            // row until it commits, and the next one's count (read committed: a new snapshot
+            // per statement) sees what the one before it wrote.
+            let locked = sqlx::query("SELECT 1 FROM teams WHERE name = $1 FOR UPDATE")
+                .bind(team.as_str())
+                .fetch_optional(&mut *tx)
+                .await
+                .map_err(backend)?
+                .is_some();
+            if !locked {
+                // A quota for a team without a row (the engine passes only existing teams'):
+                // a lock on the team's name does the same.
+                sqlx::query("SELECT pg_advisory_xact_lock(hashtextextended($1, 0))")
+                    .bind(format!("airlock team {team}"))
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(backend)?;
+            }
+            let row = sqlx::query(
+                "SELECT COUNT(*) AS environments, COALESCE(SUM(memory_mib), 0)::BIGINT AS memory_mib,
+                        COALESCE(SUM(millicpus), 0)::BIGINT AS millicpus
+                 FROM environments WHERE team = $1 AND state NOT IN ('deleted', 'failed')",
+            )
+            .bind(team.as_str())
+            .fetch_one(&mut *tx)
+            .await
+            .map_err(backend)?;
+            let used = Resources {
+                memory_mib: row.get::<i64, _>("memory_mib") as u64,
+                millicpus: row.get::<i64, _>("millicpus") as u64,
+                pids: 0,
+                disk_mib: 0,
+            };
+            let count = row.get::<i64, _>("environments") as u64;
+            if let Some(exceeded) = over_quota(quota, count, &used, &environment.resources) {
+                return Ok(Inserted::OverQuota(exceeded));
+            }
+        }
+        sqlx::query(
+            "INSERT INTO environments (id, name, owner_id, image, memory_mib, millicpus, pids, disk_mib, network, team, access_request, state, created_at, updated_at, expires_at, last_activity_at, idle_timeout_ms, failure)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18)",
+        )
+        .bind(environment.id.as_str())
+        .bind(environment.name.as_str())
+        .bind(environment.owner.as_str())
+        .bind(environment.image.as_str())
+        .bind(environment.resources.memory_mib as i64)
+        .bind(environment.resources.millicpus as i64)
+        .bind(environment.resources.pids as i64)
+        .bind(environment.resources.disk_mib as i64)
+        .bind(environment.network.as_str())
+        .bind(environment.team.as_ref().map(Name::as_str))
+        .bind(environment.access_request.as_ref().map(AccessRequestId::as_str))
+        .bind(environment.state.as_str())
+        .bind(micros(environment.created_at))
+        .bind(micros(environment.updated_at))
+        .bind(micros(environment.expires_at))
+        .bind(micros(environment.last_activity_at))
+        .bind(
+            environment
+                .idle_timeout
+                .map(|timeout| timeout.as_millis() as i64),
+        )
+        .bind(environment.failure.as_deref())
+        .execute(&mut *tx)
+        .await
+        .map_err(|error| duplicate_or_backend(error, "environment name"))?;
+        tx.commit().await.map_err(backend)?;
+        Ok(Inserted::Created)
+    }
+
+    async fn get_environment(&self, id: &EnvironmentId) -> Result<Option<Environment>, StoreError> {
+        sqlx::query("SELECT * FROM environments WHERE id = $1")
+            .bind(id.as_str())
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(backend)?
+            .map(|row| environment_from_row(&row))
+            .transpose()
+    }
+
+    async fn list_environments(
+        &self,
+        query: &EnvironmentQuery,
+    ) -> Result<Vec<Environment>, StoreError> {
+        let mut sql = QueryBuilder::<Postgres>::new("SELECT * FROM environments WHERE 1 = 1");
+        if let Some(owner) = &query.owner {
+            sql.push(" AND owner_id = ").push_bind(owner.as_str());
+        }
+        if let Some(name) = &query.name {
+            sql.push(" AND name = ").push_bind(name.as_str());
+        }
+        if query.granted_only {
+            sql.push(" AND access_request IS NOT NULL");
+        }
+        if let Some(states) = &query.states {
+            push_states(&mut sql, states.iter().map(|state| state.as_str()));
+        }
+        if let Some(after) = &query.after {
+            sql.push(" AND id > ").push_bind(after.as_str());
+        }
+        sql.push(" ORDER BY id LIMIT ")
+            .push_bind(query.limit as i64);
+        let rows = sql.build().fetch_all(&self.pool).await.map_err(backend)?;
+        rows.iter().map(environment_from_row).collect()
+    }
+
+    async fn transition(
+        &self,
+        id: &EnvironmentId,
+        from: &[EnvState],
+        to: EnvState,
+        at: DateTime<Utc>,
+        failure: Option<&str>,
+    ) -> Result<Option<Environment>, StoreError> {
+        let mut sql = QueryBuilder::<Postgres>::new("UPDATE environments SET state = ");
+        sql.push_bind(to.as_str())
+            .push(", updated_at = ")
+            .push_bind(micros(at))
+            .push(", failure = ")
+            .push_bind(failure)
+            .push(" WHERE id = ")
+            .push_bind(id.as_str());
+        push_states(&mut sql, from.iter().map(|state| state.as_str()));
+        sql.push(" RETURNING *");
+        let row = sql
+            .build()
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(backend)?;
+        row.map(|row| environment_from_row(&row)).transpose()
+    }
+
+    async fn insert_profile(&self, profile: &AccessProfile) -> Result<(), StoreError> {
+        let rules = serde_json::to_string(&ProfileRules::of(profile)).map_err(backend)?;
+        sqlx::query("INSERT INTO access_profiles (name, rules, created_at) VALUES ($1, $2, $3)")
+            .bind(profile.name.as_str())
+            .bind(rules)
+            .bind(micros(profile.created_at))
+            .execute(&self.pool)
+            .await
+            .map_err(|error| duplicate_or_backend(error, "access profile"))?;
+        Ok(())
+    }
+
+    async fn get_profile(&self, name: &Name) -> Result<Option<AccessProfile>, StoreError> {
+        sqlx::query("SELECT * FROM access_profiles WHERE name = $1")
+            .bind(name.as_str())
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(backend)?
+            .map(|row| profile_from_row(&row))
+            .transpose()
+    }
+
+    async fn list_profiles(&self) -> Result<Vec<AccessProfile>, StoreError> {
+        let rows = sqlx::query("SELECT * FROM access_profiles ORDER BY name")
+            .fetch_all(&self.pool)
+            .await
+            .map_err(backend)?;
+        rows.iter().map(profile_from_row).collect()
+    }
+
+    async fn insert_access_request(&self, request: &AccessRequest) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO access_requests (id, profile, requester_id, reason, duration_ms, approvals_required, state, created_at, decide_by)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+        )
+        .bind(request.id.as_str())
+        .bind(request.profile.as_str())
+        .bind(request.requester.as_str())
+        .bind(&request.reason)
+        .bind(request.duration.as_millis() as i64)
+        .bind(request.approvals_required as i64)
+        .bind(request.state.as_str())
+        .bind(micros(request.created_at))
+        .bind(micros(request.decide_by))
+        .execute(&self.pool)
+        .await
+        .map_err(|error| duplicate_or_backend(error, "access request"))?;
+        Ok(())
+    }
+
+    async fn get_access_request(
+        &self,
+        id: &AccessRequestId,
+    ) -> Result<Option<AccessRequest>, StoreError> {
+        let mut connection = self.pool.acquire().await.map_err(backend)?;
+        let row = sqlx::query("SELECT * FROM access_requests WHERE id = $1")
+            .bind(id.as_str())
+            .fetch_optional(&mut *connection)
+            .await
+            .map_err(backend)?;
+        match row {
+            Some(row) => Ok(Some(with_approvals(&mut connection, &row).await?)),
+            None => Ok(None),
+        }
+    }
+
+    async fn list_access_requests(
+        &self,
+        query: &AccessQuery,
+    ) -> Result<Vec<AccessRequest>, StoreError> {
+        let mut sql = QueryBuilder::<Postgres>::new("SELECT * FROM access_requests WHERE 1 = 1");
+        if let Some(requester) = &query.requester {
+            sql.push(" AND requester_id = ")
+                .push_bind(requester.as_str());
+        }
+        if let Some(states) = &query.states {
+            push_states(&mut sql, states.iter().map(|state| state.as_str()));
+        }
+        if let Some(after) = &query.after {
+            sql.push(" AND id > ").push_bind(after.as_str());
+        }
+        sql.push(" ORDER BY id LIMIT ")
+            .push_bind(query.limit as i64);
+        let mut connection = self.pool.acquire().await.map_err(backend)?;
+        let rows = sql
+            .build()
+            .fetch_all(&mut *connection)
+            .await
+            .map_err(backend)?;
+        let mut requests = Vec::with_capacity(rows.len());
+        for row in &rows {
+            requests.push(with_approvals(&mut connection, row).await?);
+        }
+        Ok(requests)
+    }
+
+    async fn approve_access(
+        &self,
+        id: &AccessRequestId,
+        approver: &UserId,
+        at: DateTime<Utc>,
+    ) -> Result<Option<Approved>, StoreError> {
+        let mut tx = self.pool.begin().await.map_err(backend)?;
+        // The request's row stays locked until the commit, so approvals of one request count
+        // in turn, each seeing the ones committed before it.
+        let row = sqlx::query("SELECT * FROM access_requests WHERE id = $1 FOR UPDATE")
+            .bind(id.as_str())
+            .fetch_optional(&mut *tx)
+            .await
+            .map_err(backend)?;
+        let Some(row) = row else { return Ok(None) };
+        let request = with_approvals(&mut tx, &row).await?;
+        if request.state != AccessState::Pending {
+            return Ok(Some(Approved::NotPending(request)));
+        }
+        let counted = sqlx::query(
+            "INSERT INTO access_approvals (request_id, approver_id, at) VALUES ($1, $2, $3)
+             ON CONFLICT (request_id, approver_id) DO NOTHING",
+        )
+        .bind(id.as_str())
+        .bind(approver.as_str())
+        .bind(micros(at))
+        .execute(&mut *tx)
+        .await
+        .map_err(backend)?
+        .rows_affected()
+            == 1;
+        if !counted {
+            return Ok(Some(Approved::AlreadyCounted(request)));
+        }
+        let approvals = request.approvals.len() as u32 + 1;
+        if approvals >= request.approvals_required {
+            let expires_at = at
+                + chrono::Duration::from_std(request.duration)
+                    .map_err(|e| corrupt(format!("grant duration: {e}")))?;
+            sqlx::query(
+                "UPDATE access_requests SET state = $1, granted_at = $2, expires_at = $3 WHERE id = $4",
+            )
+            .bind(AccessState::Approved.as_str())
+            .bind(micros(at))
+            .bind(micros(expires_at))
+            .bind(id.as_str())
+            .execute(&mut *tx)
+            .await
+            .map_err(backend)?;
+        }
+        let row = sqlx::query("SELECT * FROM access_requests WHERE id = $1")
+            .bind(id.as_str())
+            .fetch_one(&mut *tx)
+            .await
+            .map_err(backend)?;
+        let updated = with_approvals(&mut tx, &row).await?;
+        tx.commit().await.map_err(backend)?;
+        Ok(Some(if updated.state == AccessState::Approved {
+            Approved::Granted(updated)
+        } else {
+            Approved::Counted(updated)
+        }))
+    }
+
+    async fn end_access(
+        &self,
+        id: &AccessRequestId,
+        from: AccessState,
+        to: AccessState,
+        at: DateTime<Utc>,
+        by: &str,
+        reason: &str,
+    ) -> Result<Option<AccessRequest>, StoreError> {
+        if !from.can_become(to) || to == AccessState::Approved {
+            return Err(StoreError::Backend(format!(
+                "an access request cannot go from {from} to {to} this way"
+            )));
+        }
+        let mut tx = self.pool.begin().await.map_err(backend)?;
+        // The condition on the state is checked on the row as it is when the update locks it.
+        let row = sqlx::query(
+            "UPDATE access_requests SET state = $1, ended_at = $2, ended_by = $3, end_reason = $4
+             WHERE id = $5 AND state = $6 RETURNING *",
+        )
+        .bind(to.as_str())
+        .bind(micros(at))
+        .bind(by)
+        .bind(reason)
+        .bind(id.as_str())
+        .bind(from.as_str())
+        .fetch_optional(&mut *tx)
+        .await
+        .map_err(backend)?;
+        let Some(row) = row else { return Ok(None) };
+        let request = with_approvals(&mut tx, &row).await?;
+        tx.commit().await.map_err(backend)?;
+        Ok(Some(request))
+    }
+
+    async fn get_setting(&self, key: &str) -> Result<Option<String>, StoreError> {
+        sqlx::query_scalar("SELECT value FROM settings WHERE key = $1")
+            .bind(key)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(backend)
+    }
+
+    async fn put_setting(&self, key: &str, value: &str) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO settings (key, value) VALUES ($1, $2)
+             ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+        )
+        .bind(key)
+        .bind(value)
+        .execute(&self.pool)
+        .await
+        .map_err(backend)?;
+        Ok(())
+    }
+
+    async fn touch_environment(
+        &self,
+        id: &EnvironmentId,
+        at: DateTime<Utc>,
+    ) -> Result<(), StoreError> {
+        sqlx::query(
+            "UPDATE environments SET last_activity_at = $1 WHERE id = $2 AND last_activity_at < $3",
+        )
+        .bind(micros(at))
+        .bind(id.as_str())
+        .bind(micros(at))
+        .execute(&self.pool)
+        .await
+        .map_err(backend)?;
+        Ok(())
+    }
+
+    async fn set_expiry(
+        &self,
+        id: &EnvironmentId,
+        expires_at: DateTime<Utc>,
+    ) -> Result<Option<Environment>, StoreError> {
+        let row = sqlx::query(
+            "UPDATE environments SET expires_at = $1
+             WHERE id = $2 AND state IN ('creating', 'running', 'stopped') RETURNING *",
+        )
+        .bind(micros(expires_at))
+        .bind(id.as_str())
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(backend)?;
+        row.map(|row| environment_from_row(&row)).transpose()
+    }
+
+    async fn due_environments(
+        &self,
+        now: DateTime<Utc>,
+        limit: u32,
+    ) -> Result<Vec<Environment>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT * FROM environments
+             WHERE (state IN ('running', 'stopped', 'failed') AND expires_at <= $1)
+                OR (state = 'running' AND idle_timeout_ms IS NOT NULL
+                    AND last_activity_at + idle_timeout_ms * 1000 <= $2)
+             ORDER BY id LIMIT $3",
+        )
+        .bind(micros(now))
+        .bind(micros(now))
+        .bind(limit as i64)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(backend)?;
+        rows.iter().map(environment_from_row).collect()
+    }
+
+    async fn append_audit(&self, event: &AuditEvent) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO audit_events (time, request_id, actor, action, target, outcome, source, detail)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+        )
+        .bind(micros(event.time))
+        .bind(&event.request_id)
+        .bind(&event.actor)
+        .bind(&event.action)
+        .bind(event.target.as_deref())
+        .bind(&event.outcome)
+        .bind(event.source.as_deref())
+        .bind(event.detail.as_deref())
+        .execute(&self.pool)
+        .await
+        .map_err(backend)?;
+        Ok(())
+    }
+
+    async fn list_audit(&self, limit: u32) -> Result<Vec<AuditEvent>, StoreError> {
+        let rows = sqlx::query("SELECT * FROM audit_events ORDER BY seq DESC LIMIT $1")
+            .bind(limit as i64)
+            .fetch_all(&self.pool)
+            .await
+            .map_err(backend)?;
+        rows.iter()
+            .map(|row| {
+                Ok(AuditEvent {
+                    time: from_micros(row.get("time"))?,
+                    request_id: row.get("request_id"),
+                    actor: row.get("actor"),
+                    action: row.get("action"),
+                    target: row.get("target"),
+                    outcome: row.get("outcome"),
+                    source: row.get("source"),
+                    detail: row.get("detail"),
+                })
+            })
+            .collect()
+    }
+}
+
+/// ` AND state IN (…)`; an empty list matches nothing, as on SQLite.
+fn push_states<'a>(sql: &mut QueryBuilder<'a, Postgres>, states: impl Iterator<Item = &'a str>) {
+    let states: Vec<&str> = states.collect();
+    if states.is_empty() {
+        sql.push(" AND FALSE");
+        return;
+    }
+    sql.push(" AND state IN (");
+    let mut list = sql.separated(", ");
+    for state in states {
+        list.push_bind(state);
+    }
+    sql.push(")");
+}
+
+fn environment_from_row(row: &PgRow) -> Result<Environment, StoreError> {
+    let state: String = row.get("state");
+    Ok(Environment {
+        id: EnvironmentId::parse(row.get("id")).map_err(corrupt)?,
+        name: parse_name(row.get("name"))?,
+        owner: UserId::parse(row.get("owner_id")).map_err(corrupt)?,
+        image: parse_name(row.get("image"))?,
+        resources: Resources {
+            memory_mib: row.get::<i64, _>("memory_mib") as u64,
+            millicpus: row.get::<i64, _>("millicpus") as u64,
+            pids: row.get::<i64, _>("pids") as u64,
+            disk_mib: row.get::<i64, _>("disk_mib") as u64,
+        },
+        network: NetworkMode::parse(row.get("network")).map_err(corrupt)?,
+        team: row
+            .get::<Option<&str>, _>("team")
+            .map(parse_name)
+            .transpose()?,
+        access_request: row
+            .get::<Option<&str>, _>("access_request")
+            .map(|id| AccessRequestId::parse(id).map_err(corrupt))
+            .transpose()?,
+        state: EnvState::parse(&state)
+            .ok_or_else(|| corrupt(format!("unknown state {state:?}")))?,
+        created_at: from_micros(row.get("created_at"))?,
+        updated_at: from_micros(row.get("updated_at"))?,
+        expires_at: from_micros(row.get("expires_at"))?,
+        last_activity_at: from_micros(row.get("last_activity_at"))?,
+        idle_timeout: row
+            .get::<Option<i64>, _>("idle_timeout_ms")
+            .map(|millis| Duration::from_millis(millis as u64)),
+        failure: row.get("failure"),
+    })
+}
+
+fn user_from_row(row: &PgRow) -> Result<User, StoreError> {
+    Ok(User {
+        id: UserId::parse(row.get("id")).map_err(corrupt)?,
+        name: parse_name(row.get("name"))?,
+        roles: split(row.get("roles"), |text| Role::parse(text).map_err(corrupt))?,
+        teams: split(row.get("teams"), parse_name)?,
+        external_id: row.get("external_id"),
+        created_at: from_micros(row.get("created_at"))?,
+    })
+}
+
+fn team_from_row(row: &PgRow) -> Result<Team, StoreError> {
+    let limit = |column: &str| row.get::<Option<i64>, _>(column).map(|n| n as u64);
+    Ok(Team {
+        name: parse_name(row.get("name"))?,
+        quota: Quota {
+            max_environments: limit("max_environments"),
+            max_memory_mib: limit("max_memory_mib"),
+            max_millicpus: limit("max_millicpus"),
+        },
+        created_at: from_micros(row.get("created_at"))?,
+    })
+}
+
+/// Which limit of `quota` one more environment of `adding` would pass, if any. The same words
+/// as the SQLite store's.
+fn over_quota(quota: &Quota, count: u64, used: &Resources, adding: &Resources) -> Option<String> {
+    if let Some(max) = quota.max_environments
+        && count + 1 > max
+    {
+        return Some(format!("{count} of {max} environments"));
+    }
+    if let Some(max) = quota.max_memory_mib
+        && used.memory_mib + adding.memory_mib > max
+    {
+        return Some(format!(
+            "{} MiB of {max} MiB of memory in use, {} asked",
+            used.memory_mib, adding.memory_mib
+        ));
+    }
+    if let Some(max) = quota.max_millicpus
+        && used.millicpus + adding.millicpus > max
+    {
+        return Some(format!(
+            "{} of {} CPUs in use, {} asked",
+            used.millicpus as f64 / 1000.0,
+            max as f64 / 1000.0,
+            adding.millicpus as f64 / 1000.0
+        ));
+    }
+    None
+}
+
+fn token_from_row(row: &PgRow) -> Result<TokenRecord, StoreError> {
+    let hash: Vec<u8> = row.get("secret_hash");
+    let time = |column: &str| {
+        row.get::<Option<i64>, _>(column)
+            .map(from_micros)
+            .transpose()
+    };
+    Ok(TokenRecord {
+        id: TokenId::parse(row.get("id")).map_err(corrupt)?,
+        user_id: UserId::parse(row.get("user_id")).map_err(corrupt)?,
+        secret_hash: hash
+            .try_into()
+            .map_err(|_| corrupt("secret hash is not 32 bytes"))?,
+        scopes: split(row.get("scopes"), |text| {
+            Scope::parse(text).map_err(corrupt)
+        })?,
+        description: row.get("description"),
+        created_at: from_micros(row.get("created_at"))?,
+        expires_at: time("expires_at")?,
+        revoked_at: time("revoked_at")?,
+        last_used_at: time("last_used_at")?,
+    })
+}
+
+/// An access profile's rules as stored: one JSON document, the same as on SQLite, so that
+/// adding a rule needs no migration.
+#[derive(Serialize, Deserialize)]
+struct ProfileRules {
+    description: Option<String>,
+    max_duration_ms: u64,
+    approvals_required: u32,
+    secrets: Vec<SecretMount>,
+    network: NetworkMode,
+    requesters: Vec<Party>,
+    approvers: Vec<Party>,
+}
+
+impl ProfileRules {
+    fn of(profile: &AccessProfile) -> Self {
+        Self {
+            description: profile.description.clone(),
+            max_duration_ms: profile.max_duration.as_millis() as u64,
+            approvals_required: profile.approvals_required,
+            secrets: profile.secrets.clone(),
+            network: profile.network,
+            requesters: profile.requesters.clone(),
+            approvers: profile.approvers.clone(),
+        }
+    }
+}
+
+fn profile_from_row(row: &PgRow) -> Result<AccessProfile, StoreError> {
+    let rules: ProfileRules = serde_json::from_str(row.get("rules")).map_err(corrupt)?;
+    Ok(AccessProfile {
+        name: parse_name(row.get("name"))?,
+        description: rules.description,
+        max_duration: Duration::from_millis(rules.max_duration_ms),
+        approvals_required: rules.approvals_required,
+        secrets: rules.secrets,
+        network: rules.network,
+        requesters: rules.requesters,
+        approvers: rules.approvers,
+        created_at: from_micros(row.get("created_at"))?,
+    })
+}
+
+/// The request of `row` with its approvals, read on the same connection (or transaction).
+async fn with_approvals(
+    connection: &mut PgConnection,
+    row: &PgRow,
+) -> Result<AccessRequest, StoreError> {
+    let mut request = access_request_from_row(row)?;
+    let rows = sqlx::query(
+        "SELECT approver_id, at FROM access_approvals WHERE request_id = $1 ORDER BY at, approver_id",
+    )
+    .bind(request.id.as_str())
+    .fetch_all(&mut *connection)
+    .await
+    .map_err(backend)?;
+    request.approvals = rows
+        .iter()
+        .map(|row| {
+            Ok(Approval {
+                approver: UserId::parse(row.get("approver_id")).map_err(corrupt)?,
+                at: from_micros(row.get("at"))?,
+            })
+        })
+        .collect::<Result<_, StoreError>>()?;
+    Ok(request)
+}
+
+fn access_request_from_row(row: &PgRow) -> Result<AccessRequest, StoreError> {
+    let state: String = row.get("state");
+    let time = |column: &str| {
+        row.get::<Option<i64>, _>(column)
+            .map(from_micros)
+            .transpose()
+    };
+    Ok(AccessRequest {
+        id: AccessRequestId::parse(row.get("id")).map_err(corrupt)?,
+        profile: parse_name(row.get("profile"))?,
+        requester: UserId::parse(row.get("requester_id")).map_err(corrupt)?,
+        reason: row.get("reason"),
+        duration: Duration::from_millis(row.get::<i64, _>("duration_ms") as u64),
+        approvals_required: row.get::<i64, _>("approvals_required") as u32,
+        state: AccessState::parse(&state)
+            .ok_or_else(|| corrupt(format!("unknown access state {state:?}")))?,
+        created_at: from_micros(row.get("created_at"))?,
+        decide_by: from_micros(row.get("decide_by"))?,
+        approvals: Vec::new(),
+        granted_at: time("granted_at")?,
+        expires_at: time("expires_at")?,
+        ended_at: time("ended_at")?,
+        ended_by: row.get("ended_by"),
+        end_reason: row.get("end_reason"),
+    })
+}
+
+fn parse_name(text: &str) -> Result<Name, StoreError> {
+    Name::parse("name", text).map_err(corrupt)
+}
+
+fn join<'a>(words: impl Iterator<Item = &'a str>) -> String {
+    words.collect::<Vec<_>>().join(",")
+}
+
+fn split<T>(
+    text: &str,
+    parse: impl Fn(&str) -> Result<T, StoreError>,
+) -> Result<Vec<T>, StoreError> {
+    text.split(',')
+        .filter(|word| !word.is_empty())
+        .map(parse)
+        .collect()
+}
+
+fn micros(time: DateTime<Utc>) -> i64 {
+    time.timestamp_micros()
+}
+
+fn from_micros(value: i64) -> Result<DateTime<Utc>, StoreError> {
+    DateTime::from_timestamp_micros(value)
+        .ok_or_else(|| corrupt(format!("timestamp {value} out of range")))
+}
+
+fn backend(error: impl std::fmt::Display) -> StoreError {
+    StoreError::Backend(error.to_string())
+}
+
+fn corrupt(error: impl std::fmt::Display) -> StoreError {
+    StoreError::Backend(format!("corrupt record: {error}"))
+}
+
+fn duplicate_or_backend(error: sqlx::Error, what: &'static str) -> StoreError {
+    match &error {
+        sqlx::Error::Database(database) if database.is_unique_violation() => {
+            StoreError::Duplicate(what)
+        }
+        _ => backend(error),
+    }
+}
