@@ -5,21 +5,18 @@
 
 use std::time::Duration;
 
-use airlock_core::access::{
-    AccessProfile, AccessRequest, AccessState, Approval, Approved, SecretMount,
-};
+use airlock_core::access::{AccessProfile, AccessRequest, AccessState, Approved};
 use airlock_core::ids::{AccessRequestId, EnvironmentId, Name, TokenId, UserId};
-use airlock_core::model::{
-    AuditEvent, EnvState, Environment, NetworkMode, Party, Quota, Resources, Role, Scope, Team,
-    TokenRecord, User,
-};
+use airlock_core::model::{AuditEvent, EnvState, Environment, Quota, Team, TokenRecord, User};
 use airlock_core::ports::{AccessQuery, EnvironmentQuery, Inserted, Store, StoreError};
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
-use serde::{Deserialize, Serialize};
 use sqlx::postgres::{PgPoolOptions, PgRow};
-use sqlx::{PgConnection, PgPool, Postgres, QueryBuilder, Row};
+use sqlx::{PgConnection, PgPool, Postgres, QueryBuilder};
 
+use crate::error::{backend, corrupt, duplicate_or_backend};
+use crate::quota::over_quota;
+use crate::records::{self, join, micros};
 use crate::schema_postgres::MIGRATIONS;
 
 /// The advisory lock held while migrating, so that servers starting at once migrate in turn.
@@ -118,7 +115,7 @@ impl Store for PostgresStore {
             .fetch_optional(&self.pool)
             .await
             .map_err(backend)?
-            .map(|row| user_from_row(&row))
+            .map(|row| records::user(&row))
             .transpose()
     }
 
@@ -128,7 +125,7 @@ impl Store for PostgresStore {
             .fetch_optional(&self.pool)
             .await
             .map_err(backend)?
-            .map(|row| user_from_row(&row))
+            .map(|row| records::user(&row))
             .transpose()
     }
 
@@ -143,7 +140,7 @@ impl Store for PostgresStore {
             .fetch_all(&self.pool)
             .await
             .map_err(backend)?;
-        rows.iter().map(user_from_row).collect()
+        rows.iter().map(records::user).collect()
     }
 
     async fn update_user(&self, user: &User) -> Result<bool, StoreError> {
@@ -186,7 +183,7 @@ impl Store for PostgresStore {
             .fetch_optional(&self.pool)
             .await
             .map_err(backend)?
-            .map(|row| team_from_row(&row))
+            .map(|row| records::team(&row))
             .transpose()
     }
 
@@ -195,7 +192,7 @@ impl Store for PostgresStore {
             .fetch_all(&self.pool)
             .await
             .map_err(backend)?;
-        rows.iter().map(team_from_row).collect()
+        rows.iter().map(records::team).collect()
     }
 
     async fn set_quota(&self, name: &Name, quota: &Quota) -> Result<bool, StoreError> {
@@ -237,7 +234,7 @@ impl Store for PostgresStore {
             .fetch_optional(&self.pool)
             .await
             .map_err(backend)?
-            .map(|row| token_from_row(&row))
+            .map(|row| records::token(&row))
             .transpose()
     }
 
@@ -254,19 +251,7 @@ impl Store for PostgresStore {
         .fetch_optional(&self.pool)
         .await
         .map_err(backend)?;
-        let Some(row) = row else { return Ok(None) };
-        let token = token_from_row(&row)?;
-        let user = User {
-            id: token.user_id.clone(),
-            name: parse_name(row.get("user_name"))?,
-            roles: split(row.get("user_roles"), |text| {
-                Role::parse(text).map_err(corrupt)
-            })?,
-            teams: split(row.get("user_teams"), parse_name)?,
-            external_id: row.get("user_external_id"),
-            created_at: from_micros(row.get("user_created_at"))?,
-        };
-        Ok(Some((token, user)))
+        row.map(|row| records::token_with_user(&row)).transpose()
     }
 
     async fn revoke_token(&self, id: &TokenId, at: DateTime<Utc>) -> Result<bool, StoreError> {
@@ -286,7 +271,7 @@ impl Store for PostgresStore {
             .fetch_all(&self.pool)
             .await
             .map_err(backend)?;
-        rows.iter().map(token_from_row).collect()
+        rows.iter().map(records::token).collect()
     }
 
     async fn touch_token(&self, id: &TokenId, at: DateTime<Utc>) -> Result<(), StoreError> {
@@ -332,11 +317,7 @@ impl Store for PostgresStore {
                 .fetch_one(&mut *tx)
                 .await
                 .map_err(backend)?;
-                return Ok(Inserted::Replayed {
-                    environment: EnvironmentId::parse(row.get("environment_id"))
-                        .map_err(corrupt)?,
-                    fingerprint: row.get("fingerprint"),
-                });
+                return records::replayed(&row);
             }
         }
         if let (Some(team), Some(quota)) = (&environment.team, quota) {
@@ -367,13 +348,7 @@ impl Store for PostgresStore {
             .fetch_one(&mut *tx)
             .await
             .map_err(backend)?;
-            let used = Resources {
-                memory_mib: row.get::<i64, _>("memory_mib") as u64,
-                millicpus: row.get::<i64, _>("millicpus") as u64,
-                pids: 0,
-                disk_mib: 0,
-            };
-            let count = row.get::<i64, _>("environments") as u64;
+            let (count, used) = records::usage(&row)?;
             if let Some(exceeded) = over_quota(quota, count, &used, &environment.resources) {
                 return Ok(Inserted::OverQuota(exceeded));
             }
@@ -417,7 +392,7 @@ impl Store for PostgresStore {
             .fetch_optional(&self.pool)
             .await
             .map_err(backend)?
-            .map(|row| environment_from_row(&row))
+            .map(|row| records::environment(&row))
             .transpose()
     }
 
@@ -444,7 +419,7 @@ impl Store for PostgresStore {
         sql.push(" ORDER BY id LIMIT ")
             .push_bind(query.limit as i64);
         let rows = sql.build().fetch_all(&self.pool).await.map_err(backend)?;
-        rows.iter().map(environment_from_row).collect()
+        rows.iter().map(records::environment).collect()
     }
 
     async fn transition(
@@ -470,11 +445,11 @@ impl Store for PostgresStore {
             .fetch_optional(&self.pool)
             .await
             .map_err(backend)?;
-        row.map(|row| environment_from_row(&row)).transpose()
+        row.map(|row| records::environment(&row)).transpose()
     }
 
     async fn insert_profile(&self, profile: &AccessProfile) -> Result<(), StoreError> {
-        let rules = serde_json::to_string(&ProfileRules::of(profile)).map_err(backend)?;
+        let rules = records::profile_rules(profile)?;
         sqlx::query("INSERT INTO access_profiles (name, rules, created_at) VALUES ($1, $2, $3)")
             .bind(profile.name.as_str())
             .bind(rules)
@@ -491,7 +466,7 @@ impl Store for PostgresStore {
             .fetch_optional(&self.pool)
             .await
             .map_err(backend)?
-            .map(|row| profile_from_row(&row))
+            .map(|row| records::profile(&row))
             .transpose()
     }
 
@@ -500,7 +475,7 @@ impl Store for PostgresStore {
             .fetch_all(&self.pool)
             .await
             .map_err(backend)?;
-        rows.iter().map(profile_from_row).collect()
+        rows.iter().map(records::profile).collect()
     }
 
     async fn insert_access_request(&self, request: &AccessRequest) -> Result<(), StoreError> {
@@ -720,7 +695,7 @@ impl Store for PostgresStore {
         .fetch_optional(&self.pool)
         .await
         .map_err(backend)?;
-        row.map(|row| environment_from_row(&row)).transpose()
+        row.map(|row| records::environment(&row)).transpose()
     }
 
     async fn due_environments(
@@ -741,7 +716,7 @@ impl Store for PostgresStore {
         .fetch_all(&self.pool)
         .await
         .map_err(backend)?;
-        rows.iter().map(environment_from_row).collect()
+        rows.iter().map(records::environment).collect()
     }
 
     async fn append_audit(&self, event: &AuditEvent) -> Result<(), StoreError> {
@@ -769,20 +744,7 @@ impl Store for PostgresStore {
             .fetch_all(&self.pool)
             .await
             .map_err(backend)?;
-        rows.iter()
-            .map(|row| {
-                Ok(AuditEvent {
-                    time: from_micros(row.get("time"))?,
-                    request_id: row.get("request_id"),
-                    actor: row.get("actor"),
-                    action: row.get("action"),
-                    target: row.get("target"),
-                    outcome: row.get("outcome"),
-                    source: row.get("source"),
-                    detail: row.get("detail"),
-                })
-            })
-            .collect()
+        rows.iter().map(records::audit_event).collect()
     }
 }
 
@@ -801,166 +763,12 @@ fn push_states<'a>(sql: &mut QueryBuilder<'a, Postgres>, states: impl Iterator<I
     sql.push(")");
 }
 
-fn environment_from_row(row: &PgRow) -> Result<Environment, StoreError> {
-    let state: String = row.get("state");
-    Ok(Environment {
-        id: EnvironmentId::parse(row.get("id")).map_err(corrupt)?,
-        name: parse_name(row.get("name"))?,
-        owner: UserId::parse(row.get("owner_id")).map_err(corrupt)?,
-        image: parse_name(row.get("image"))?,
-        resources: Resources {
-            memory_mib: row.get::<i64, _>("memory_mib") as u64,
-            millicpus: row.get::<i64, _>("millicpus") as u64,
-            pids: row.get::<i64, _>("pids") as u64,
-            disk_mib: row.get::<i64, _>("disk_mib") as u64,
-        },
-        network: NetworkMode::parse(row.get("network")).map_err(corrupt)?,
-        team: row
-            .get::<Option<&str>, _>("team")
-            .map(parse_name)
-            .transpose()?,
-        access_request: row
-            .get::<Option<&str>, _>("access_request")
-            .map(|id| AccessRequestId::parse(id).map_err(corrupt))
-            .transpose()?,
-        state: EnvState::parse(&state)
-            .ok_or_else(|| corrupt(format!("unknown state {state:?}")))?,
-        created_at: from_micros(row.get("created_at"))?,
-        updated_at: from_micros(row.get("updated_at"))?,
-        expires_at: from_micros(row.get("expires_at"))?,
-        last_activity_at: from_micros(row.get("last_activity_at"))?,
-        idle_timeout: row
-            .get::<Option<i64>, _>("idle_timeout_ms")
-            .map(|millis| Duration::from_millis(millis as u64)),
-        failure: row.get("failure"),
-    })
-}
-
-fn user_from_row(row: &PgRow) -> Result<User, StoreError> {
-    Ok(User {
-        id: UserId::parse(row.get("id")).map_err(corrupt)?,
-        name: parse_name(row.get("name"))?,
-        roles: split(row.get("roles"), |text| Role::parse(text).map_err(corrupt))?,
-        teams: split(row.get("teams"), parse_name)?,
-        external_id: row.get("external_id"),
-        created_at: from_micros(row.get("created_at"))?,
-    })
-}
-
-fn team_from_row(row: &PgRow) -> Result<Team, StoreError> {
-    let limit = |column: &str| row.get::<Option<i64>, _>(column).map(|n| n as u64);
-    Ok(Team {
-        name: parse_name(row.get("name"))?,
-        quota: Quota {
-            max_environments: limit("max_environments"),
-            max_memory_mib: limit("max_memory_mib"),
-            max_millicpus: limit("max_millicpus"),
-        },
-        created_at: from_micros(row.get("created_at"))?,
-    })
-}
-
-/// Which limit of `quota` one more environment of `adding` would pass, if any. The same words
-/// as the SQLite store's.
-fn over_quota(quota: &Quota, count: u64, used: &Resources, adding: &Resources) -> Option<String> {
-    if let Some(max) = quota.max_environments
-        && count + 1 > max
-    {
-        return Some(format!("{count} of {max} environments"));
-    }
-    if let Some(max) = quota.max_memory_mib
-        && used.memory_mib + adding.memory_mib > max
-    {
-        return Some(format!(
-            "{} MiB of {max} MiB of memory in use, {} asked",
-            used.memory_mib, adding.memory_mib
-        ));
-    }
-    if let Some(max) = quota.max_millicpus
-        && used.millicpus + adding.millicpus > max
-    {
-        return Some(format!(
-            "{} of {} CPUs in use, {} asked",
-            used.millicpus as f64 / 1000.0,
-            max as f64 / 1000.0,
-            adding.millicpus as f64 / 1000.0
-        ));
-    }
-    None
-}
-
-fn token_from_row(row: &PgRow) -> Result<TokenRecord, StoreError> {
-    let hash: Vec<u8> = row.get("secret_hash");
-    let time = |column: &str| {
-        row.get::<Option<i64>, _>(column)
-            .map(from_micros)
-            .transpose()
-    };
-    Ok(TokenRecord {
-        id: TokenId::parse(row.get("id")).map_err(corrupt)?,
-        user_id: UserId::parse(row.get("user_id")).map_err(corrupt)?,
-        secret_hash: hash
-            .try_into()
-            .map_err(|_| corrupt("secret hash is not 32 bytes"))?,
-        scopes: split(row.get("scopes"), |text| {
-            Scope::parse(text).map_err(corrupt)
-        })?,
-        description: row.get("description"),
-        created_at: from_micros(row.get("created_at"))?,
-        expires_at: time("expires_at")?,
-        revoked_at: time("revoked_at")?,
-        last_used_at: time("last_used_at")?,
-    })
-}
-
-/// An access profile's rules as stored: one JSON document, the same as on SQLite, so that
-/// adding a rule needs no migration.
-#[derive(Serialize, Deserialize)]
-struct ProfileRules {
-    description: Option<String>,
-    max_duration_ms: u64,
-    approvals_required: u32,
-    secrets: Vec<SecretMount>,
-    network: NetworkMode,
-    requesters: Vec<Party>,
-    approvers: Vec<Party>,
-}
-
-impl ProfileRules {
-    fn of(profile: &AccessProfile) -> Self {
-        Self {
-            description: profile.description.clone(),
-            max_duration_ms: profile.max_duration.as_millis() as u64,
-            approvals_required: profile.approvals_required,
-            secrets: profile.secrets.clone(),
-            network: profile.network,
-            requesters: profile.requesters.clone(),
-            approvers: profile.approvers.clone(),
-        }
-    }
-}
-
-fn profile_from_row(row: &PgRow) -> Result<AccessProfile, StoreError> {
-    let rules: ProfileRules = serde_json::from_str(row.get("rules")).map_err(corrupt)?;
-    Ok(AccessProfile {
-        name: parse_name(row.get("name"))?,
-        description: rules.description,
-        max_duration: Duration::from_millis(rules.max_duration_ms),
-        approvals_required: rules.approvals_required,
-        secrets: rules.secrets,
-        network: rules.network,
-        requesters: rules.requesters,
-        approvers: rules.approvers,
-        created_at: from_micros(row.get("created_at"))?,
-    })
-}
-
 /// The request of `row` with its approvals, read on the same connection (or transaction).
 async fn with_approvals(
     connection: &mut PgConnection,
     row: &PgRow,
 ) -> Result<AccessRequest, StoreError> {
-    let mut request = access_request_from_row(row)?;
+    let mut request = records::access_request(row)?;
     let rows = sqlx::query(
         "SELECT approver_id, at FROM access_approvals WHERE request_id = $1 ORDER BY at, approver_id",
     )
@@ -970,83 +778,7 @@ async fn with_approvals(
     .map_err(backend)?;
     request.approvals = rows
         .iter()
-        .map(|row| {
-            Ok(Approval {
-                approver: UserId::parse(row.get("approver_id")).map_err(corrupt)?,
-                at: from_micros(row.get("at"))?,
-            })
-        })
+        .map(records::approval)
         .collect::<Result<_, StoreError>>()?;
     Ok(request)
-}
-
-fn access_request_from_row(row: &PgRow) -> Result<AccessRequest, StoreError> {
-    let state: String = row.get("state");
-    let time = |column: &str| {
-        row.get::<Option<i64>, _>(column)
-            .map(from_micros)
-            .transpose()
-    };
-    Ok(AccessRequest {
-        id: AccessRequestId::parse(row.get("id")).map_err(corrupt)?,
-        profile: parse_name(row.get("profile"))?,
-        requester: UserId::parse(row.get("requester_id")).map_err(corrupt)?,
-        reason: row.get("reason"),
-        duration: Duration::from_millis(row.get::<i64, _>("duration_ms") as u64),
-        approvals_required: row.get::<i64, _>("approvals_required") as u32,
-        state: AccessState::parse(&state)
-            .ok_or_else(|| corrupt(format!("unknown access state {state:?}")))?,
-        created_at: from_micros(row.get("created_at"))?,
-        decide_by: from_micros(row.get("decide_by"))?,
-        approvals: Vec::new(),
-        granted_at: time("granted_at")?,
-        expires_at: time("expires_at")?,
-        ended_at: time("ended_at")?,
-        ended_by: row.get("ended_by"),
-        end_reason: row.get("end_reason"),
-    })
-}
-
-fn parse_name(text: &str) -> Result<Name, StoreError> {
-    Name::parse("name", text).map_err(corrupt)
-}
-
-fn join<'a>(words: impl Iterator<Item = &'a str>) -> String {
-    words.collect::<Vec<_>>().join(",")
-}
-
-fn split<T>(
-    text: &str,
-    parse: impl Fn(&str) -> Result<T, StoreError>,
-) -> Result<Vec<T>, StoreError> {
-    text.split(',')
-        .filter(|word| !word.is_empty())
-        .map(parse)
-        .collect()
-}
-
-fn micros(time: DateTime<Utc>) -> i64 {
-    time.timestamp_micros()
-}
-
-fn from_micros(value: i64) -> Result<DateTime<Utc>, StoreError> {
-    DateTime::from_timestamp_micros(value)
-        .ok_or_else(|| corrupt(format!("timestamp {value} out of range")))
-}
-
-fn backend(error: impl std::fmt::Display) -> StoreError {
-    StoreError::Backend(error.to_string())
-}
-
-fn corrupt(error: impl std::fmt::Display) -> StoreError {
-    StoreError::Backend(format!("corrupt record: {error}"))
-}
-
-fn duplicate_or_backend(error: sqlx::Error, what: &'static str) -> StoreError {
-    match &error {
-        sqlx::Error::Database(database) if database.is_unique_violation() => {
-            StoreError::Duplicate(what)
-        }
-        _ => backend(error),
-    }
 }

@@ -5,23 +5,18 @@ use std::path::Path;
 use std::str::FromStr;
 use std::time::Duration;
 
-use airlock_core::access::{
-    AccessProfile, AccessRequest, AccessState, Approval, Approved, SecretMount,
-};
+use airlock_core::access::{AccessProfile, AccessRequest, AccessState, Approval, Approved};
 use airlock_core::ids::{AccessRequestId, EnvironmentId, Name, TokenId, UserId};
-use airlock_core::model::{
-    AuditEvent, EnvState, Environment, NetworkMode, Party, Quota, Resources, Role, Scope, Team,
-    TokenRecord, User,
-};
+use airlock_core::model::{AuditEvent, EnvState, Environment, Quota, Team, TokenRecord, User};
 use airlock_core::ports::{AccessQuery, EnvironmentQuery, Inserted, Store, StoreError};
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
-use serde::{Deserialize, Serialize};
-use sqlx::sqlite::{
-    SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteRow, SqliteSynchronous,
-};
-use sqlx::{QueryBuilder, Row, SqlitePool};
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
+use sqlx::{QueryBuilder, SqlitePool};
 
+use crate::error::{backend, corrupt, duplicate_or_backend};
+use crate::quota::over_quota;
+use crate::records::{self, join, micros};
 use crate::schema::MIGRATIONS;
 
 #[derive(Debug, Clone)]
@@ -99,7 +94,7 @@ impl Store for SqliteStore {
             .fetch_optional(&self.pool)
             .await
             .map_err(backend)?
-            .map(|row| user_from_row(&row))
+            .map(|row| records::user(&row))
             .transpose()
     }
 
@@ -114,7 +109,7 @@ impl Store for SqliteStore {
             .fetch_all(&self.pool)
             .await
             .map_err(backend)?;
-        rows.iter().map(user_from_row).collect()
+        rows.iter().map(records::user).collect()
     }
 
     async fn update_user(&self, user: &User) -> Result<bool, StoreError> {
@@ -149,7 +144,7 @@ impl Store for SqliteStore {
             .fetch_optional(&self.pool)
             .await
             .map_err(backend)?
-            .map(|row| team_from_row(&row))
+            .map(|row| records::team(&row))
             .transpose()
     }
 
@@ -158,7 +153,7 @@ impl Store for SqliteStore {
             .fetch_all(&self.pool)
             .await
             .map_err(backend)?;
-        rows.iter().map(team_from_row).collect()
+        rows.iter().map(records::team).collect()
     }
 
     async fn set_quota(&self, name: &Name, quota: &Quota) -> Result<bool, StoreError> {
@@ -181,7 +176,7 @@ impl Store for SqliteStore {
             .fetch_optional(&self.pool)
             .await
             .map_err(backend)?
-            .map(|row| user_from_row(&row))
+            .map(|row| records::user(&row))
             .transpose()
     }
 
@@ -218,7 +213,7 @@ impl Store for SqliteStore {
             .fetch_optional(&self.pool)
             .await
             .map_err(backend)?
-            .map(|row| token_from_row(&row))
+            .map(|row| records::token(&row))
             .transpose()
     }
 
@@ -235,19 +230,7 @@ impl Store for SqliteStore {
         .fetch_optional(&self.pool)
         .await
         .map_err(backend)?;
-        let Some(row) = row else { return Ok(None) };
-        let token = token_from_row(&row)?;
-        let user = User {
-            id: token.user_id.clone(),
-            name: parse_name(row.get("user_name"))?,
-            roles: split(row.get("user_roles"), |text| {
-                Role::parse(text).map_err(corrupt)
-            })?,
-            teams: split(row.get("user_teams"), parse_name)?,
-            external_id: row.get("user_external_id"),
-            created_at: from_micros(row.get("user_created_at"))?,
-        };
-        Ok(Some((token, user)))
+        row.map(|row| records::token_with_user(&row)).transpose()
     }
 
     async fn revoke_token(&self, id: &TokenId, at: DateTime<Utc>) -> Result<bool, StoreError> {
@@ -267,7 +250,7 @@ impl Store for SqliteStore {
             .fetch_all(&self.pool)
             .await
             .map_err(backend)?;
-        rows.iter().map(token_from_row).collect()
+        rows.iter().map(records::token).collect()
     }
 
     async fn touch_token(&self, id: &TokenId, at: DateTime<Utc>) -> Result<(), StoreError> {
@@ -311,11 +294,7 @@ impl Store for SqliteStore {
                     .fetch_one(&mut *tx)
                     .await
                     .map_err(backend)?;
-                return Ok(Inserted::Replayed {
-                    environment: EnvironmentId::parse(row.get("environment_id"))
-                        .map_err(corrupt)?,
-                    fingerprint: row.get("fingerprint"),
-                });
+                return records::replayed(&row);
             }
         }
         if let (Some(team), Some(quota)) = (&environment.team, quota) {
@@ -335,13 +314,7 @@ impl Store for SqliteStore {
             .fetch_one(&mut *tx)
             .await
             .map_err(backend)?;
-            let used = Resources {
-                memory_mib: row.get::<i64, _>("memory_mib") as u64,
-                millicpus: row.get::<i64, _>("millicpus") as u64,
-                pids: 0,
-                disk_mib: 0,
-            };
-            let count = row.get::<i64, _>("environments") as u64;
+            let (count, used) = records::usage(&row)?;
             if let Some(exceeded) = over_quota(quota, count, &used, &environment.resources) {
                 return Ok(Inserted::OverQuota(exceeded));
             }
@@ -385,7 +358,7 @@ impl Store for SqliteStore {
             .fetch_optional(&self.pool)
             .await
             .map_err(backend)?
-            .map(|row| environment_from_row(&row))
+            .map(|row| records::environment(&row))
             .transpose()
     }
 
@@ -417,7 +390,7 @@ impl Store for SqliteStore {
         sql.push(" ORDER BY id LIMIT ")
             .push_bind(query.limit as i64);
         let rows = sql.build().fetch_all(&self.pool).await.map_err(backend)?;
-        rows.iter().map(environment_from_row).collect()
+        rows.iter().map(records::environment).collect()
     }
 
     async fn transition(
@@ -447,11 +420,11 @@ impl Store for SqliteStore {
             .fetch_optional(&self.pool)
             .await
             .map_err(backend)?;
-        row.map(|row| environment_from_row(&row)).transpose()
+        row.map(|row| records::environment(&row)).transpose()
     }
 
     async fn insert_profile(&self, profile: &AccessProfile) -> Result<(), StoreError> {
-        let rules = serde_json::to_string(&ProfileRules::of(profile)).map_err(backend)?;
+        let rules = records::profile_rules(profile)?;
         sqlx::query("INSERT INTO access_profiles (name, rules, created_at) VALUES (?, ?, ?)")
             .bind(profile.name.as_str())
             .bind(rules)
@@ -468,7 +441,7 @@ impl Store for SqliteStore {
             .fetch_optional(&self.pool)
             .await
             .map_err(backend)?
-            .map(|row| profile_from_row(&row))
+            .map(|row| records::profile(&row))
             .transpose()
     }
 
@@ -477,7 +450,7 @@ impl Store for SqliteStore {
             .fetch_all(&self.pool)
             .await
             .map_err(backend)?;
-        rows.iter().map(profile_from_row).collect()
+        rows.iter().map(records::profile).collect()
     }
 
     async fn insert_access_request(&self, request: &AccessRequest) -> Result<(), StoreError> {
@@ -538,7 +511,7 @@ impl Store for SqliteStore {
             .map_err(backend)?;
         let mut requests = Vec::with_capacity(rows.len());
         for row in &rows {
-            let mut request = access_request_from_row(row)?;
+            let mut request = records::access_request(row)?;
             request.approvals = read_approvals(&mut connection, &request.id).await?;
             requests.push(request);
         }
@@ -696,7 +669,7 @@ impl Store for SqliteStore {
         .fetch_optional(&self.pool)
         .await
         .map_err(backend)?;
-        row.map(|row| environment_from_row(&row)).transpose()
+        row.map(|row| records::environment(&row)).transpose()
     }
 
     async fn due_environments(
@@ -717,7 +690,7 @@ impl Store for SqliteStore {
         .fetch_all(&self.pool)
         .await
         .map_err(backend)?;
-        rows.iter().map(environment_from_row).collect()
+        rows.iter().map(records::environment).collect()
     }
 
     async fn append_audit(&self, event: &AuditEvent) -> Result<(), StoreError> {
@@ -745,178 +718,8 @@ impl Store for SqliteStore {
             .fetch_all(&self.pool)
             .await
             .map_err(backend)?;
-        rows.iter()
-            .map(|row| {
-                Ok(AuditEvent {
-                    time: from_micros(row.get("time"))?,
-                    request_id: row.get("request_id"),
-                    actor: row.get("actor"),
-                    action: row.get("action"),
-                    target: row.get("target"),
-                    outcome: row.get("outcome"),
-                    source: row.get("source"),
-                    detail: row.get("detail"),
-                })
-            })
-            .collect()
+        rows.iter().map(records::audit_event).collect()
     }
-}
-
-fn environment_from_row(row: &SqliteRow) -> Result<Environment, StoreError> {
-    let state: String = row.get("state");
-    Ok(Environment {
-        id: EnvironmentId::parse(row.get("id")).map_err(corrupt)?,
-        name: parse_name(row.get("name"))?,
-        owner: UserId::parse(row.get("owner_id")).map_err(corrupt)?,
-        image: parse_name(row.get("image"))?,
-        resources: Resources {
-            memory_mib: row.get::<i64, _>("memory_mib") as u64,
-            millicpus: row.get::<i64, _>("millicpus") as u64,
-            pids: row.get::<i64, _>("pids") as u64,
-            disk_mib: row.get::<i64, _>("disk_mib") as u64,
-        },
-        network: NetworkMode::parse(row.get("network")).map_err(corrupt)?,
-        team: row
-            .get::<Option<&str>, _>("team")
-            .map(parse_name)
-            .transpose()?,
-        access_request: row
-            .get::<Option<&str>, _>("access_request")
-            .map(|id| AccessRequestId::parse(id).map_err(corrupt))
-            .transpose()?,
-        state: EnvState::parse(&state)
-            .ok_or_else(|| corrupt(format!("unknown state {state:?}")))?,
-        created_at: from_micros(row.get("created_at"))?,
-        updated_at: from_micros(row.get("updated_at"))?,
-        expires_at: from_micros(row.get("expires_at"))?,
-        last_activity_at: from_micros(row.get("last_activity_at"))?,
-        idle_timeout: row
-            .get::<Option<i64>, _>("idle_timeout_ms")
-            .map(|millis| Duration::from_millis(millis as u64)),
-        failure: row.get("failure"),
-    })
-}
-
-fn user_from_row(row: &SqliteRow) -> Result<User, StoreError> {
-    Ok(User {
-        id: UserId::parse(row.get("id")).map_err(corrupt)?,
-        name: parse_name(row.get("name"))?,
-        roles: split(row.get("roles"), |text| Role::parse(text).map_err(corrupt))?,
-        teams: split(row.get("teams"), parse_name)?,
-        external_id: row.get("external_id"),
-        created_at: from_micros(row.get("created_at"))?,
-    })
-}
-
-fn team_from_row(row: &SqliteRow) -> Result<Team, StoreError> {
-    let limit = |column: &str| row.get::<Option<i64>, _>(column).map(|n| n as u64);
-    Ok(Team {
-        name: parse_name(row.get("name"))?,
-        quota: Quota {
-            max_environments: limit("max_environments"),
-            max_memory_mib: limit("max_memory_mib"),
-            max_millicpus: limit("max_millicpus"),
-        },
-        created_at: from_micros(row.get("created_at"))?,
-    })
-}
-
-/// Which limit of `quota` one more environment of `adding` would pass, if any.
-fn over_quota(quota: &Quota, count: u64, used: &Resources, adding: &Resources) -> Option<String> {
-    if let Some(max) = quota.max_environments
-        && count + 1 > max
-    {
-        return Some(format!("{count} of {max} environments"));
-    }
-    if let Some(max) = quota.max_memory_mib
-        && used.memory_mib + adding.memory_mib > max
-    {
-        return Some(format!(
-            "{} MiB of {max} MiB of memory in use, {} asked",
-            used.memory_mib, adding.memory_mib
-        ));
-    }
-    if let Some(max) = quota.max_millicpus
-        && used.millicpus + adding.millicpus > max
-    {
-        return Some(format!(
-            "{} of {} CPUs in use, {} asked",
-            used.millicpus as f64 / 1000.0,
-            max as f64 / 1000.0,
-            adding.millicpus as f64 / 1000.0
-        ));
-    }
-    None
-}
-
-fn token_from_row(row: &SqliteRow) -> Result<TokenRecord, StoreError> {
-    let hash: Vec<u8> = row.get("secret_hash");
-    Ok(TokenRecord {
-        id: TokenId::parse(row.get("id")).map_err(corrupt)?,
-        user_id: UserId::parse(row.get("user_id")).map_err(corrupt)?,
-        secret_hash: hash
-            .try_into()
-            .map_err(|_| corrupt("secret hash is not 32 bytes"))?,
-        scopes: split(row.get("scopes"), |text| {
-            Scope::parse(text).map_err(corrupt)
-        })?,
-        description: row.get("description"),
-        created_at: from_micros(row.get("created_at"))?,
-        expires_at: row
-            .get::<Option<i64>, _>("expires_at")
-            .map(from_micros)
-            .transpose()?,
-        revoked_at: row
-            .get::<Option<i64>, _>("revoked_at")
-            .map(from_micros)
-            .transpose()?,
-        last_used_at: row
-            .get::<Option<i64>, _>("last_used_at")
-            .map(from_micros)
-            .transpose()?,
-    })
-}
-
-/// An access profile's rules as stored: one JSON document, so that adding a rule needs no
-/// migration.
-#[derive(Serialize, Deserialize)]
-struct ProfileRules {
-    description: Option<String>,
-    max_duration_ms: u64,
-    approvals_required: u32,
-    secrets: Vec<SecretMount>,
-    network: NetworkMode,
-    requesters: Vec<Party>,
-    approvers: Vec<Party>,
-}
-
-impl ProfileRules {
-    fn of(profile: &AccessProfile) -> Self {
-        Self {
-            description: profile.description.clone(),
-            max_duration_ms: profile.max_duration.as_millis() as u64,
-            approvals_required: profile.approvals_required,
-            secrets: profile.secrets.clone(),
-            network: profile.network,
-            requesters: profile.requesters.clone(),
-            approvers: profile.approvers.clone(),
-        }
-    }
-}
-
-fn profile_from_row(row: &SqliteRow) -> Result<AccessProfile, StoreError> {
-    let rules: ProfileRules = serde_json::from_str(row.get("rules")).map_err(corrupt)?;
-    Ok(AccessProfile {
-        name: parse_name(row.get("name"))?,
-        description: rules.description,
-        max_duration: Duration::from_millis(rules.max_duration_ms),
-        approvals_required: rules.approvals_required,
-        secrets: rules.secrets,
-        network: rules.network,
-        requesters: rules.requesters,
-        approvers: rules.approvers,
-        created_at: from_micros(row.get("created_at"))?,
-    })
 }
 
 async fn read_access_request(
@@ -929,7 +732,7 @@ async fn read_access_request(
         .await
         .map_err(backend)?;
     let Some(row) = row else { return Ok(None) };
-    let mut request = access_request_from_row(&row)?;
+    let mut request = records::access_request(&row)?;
     request.approvals = read_approvals(connection, id).await?;
     Ok(Some(request))
 }
@@ -945,83 +748,5 @@ async fn read_approvals(
     .fetch_all(&mut *connection)
     .await
     .map_err(backend)?;
-    rows.iter()
-        .map(|row| {
-            Ok(Approval {
-                approver: UserId::parse(row.get("approver_id")).map_err(corrupt)?,
-                at: from_micros(row.get("at"))?,
-            })
-        })
-        .collect()
-}
-
-fn access_request_from_row(row: &SqliteRow) -> Result<AccessRequest, StoreError> {
-    let state: String = row.get("state");
-    let time = |column: &str| {
-        row.get::<Option<i64>, _>(column)
-            .map(from_micros)
-            .transpose()
-    };
-    Ok(AccessRequest {
-        id: AccessRequestId::parse(row.get("id")).map_err(corrupt)?,
-        profile: parse_name(row.get("profile"))?,
-        requester: UserId::parse(row.get("requester_id")).map_err(corrupt)?,
-        reason: row.get("reason"),
-        duration: Duration::from_millis(row.get::<i64, _>("duration_ms") as u64),
-        approvals_required: row.get::<i64, _>("approvals_required") as u32,
-        state: AccessState::parse(&state)
-            .ok_or_else(|| corrupt(format!("unknown access state {state:?}")))?,
-        created_at: from_micros(row.get("created_at"))?,
-        decide_by: from_micros(row.get("decide_by"))?,
-        approvals: Vec::new(),
-        granted_at: time("granted_at")?,
-        expires_at: time("expires_at")?,
-        ended_at: time("ended_at")?,
-        ended_by: row.get("ended_by"),
-        end_reason: row.get("end_reason"),
-    })
-}
-
-fn parse_name(text: &str) -> Result<Name, StoreError> {
-    Name::parse("name", text).map_err(corrupt)
-}
-
-fn join<'a>(words: impl Iterator<Item = &'a str>) -> String {
-    words.collect::<Vec<_>>().join(",")
-}
-
-fn split<T>(
-    text: &str,
-    parse: impl Fn(&str) -> Result<T, StoreError>,
-) -> Result<Vec<T>, StoreError> {
-    text.split(',')
-        .filter(|word| !word.is_empty())
-        .map(parse)
-        .collect()
-}
-
-fn micros(time: DateTime<Utc>) -> i64 {
-    time.timestamp_micros()
-}
-
-fn from_micros(value: i64) -> Result<DateTime<Utc>, StoreError> {
-    DateTime::from_timestamp_micros(value)
-        .ok_or_else(|| corrupt(format!("timestamp {value} out of range")))
-}
-
-fn backend(error: impl std::fmt::Display) -> StoreError {
-    StoreError::Backend(error.to_string())
-}
-
-fn corrupt(error: impl std::fmt::Display) -> StoreError {
-    StoreError::Backend(format!("corrupt record: {error}"))
-}
-
-fn duplicate_or_backend(error: sqlx::Error, what: &'static str) -> StoreError {
-    match &error {
-        sqlx::Error::Database(database) if database.is_unique_violation() => {
-            StoreError::Duplicate(what)
-        }
-        _ => backend(error),
-    }
+    rows.iter().map(records::approval).collect()
 }
