@@ -138,6 +138,19 @@ struct ServerArgs {
         value_parser = parse_role_mapping
     )]
     oidc_role_map: Vec<(String, airlock_core::model::Role)>,
+    /// Live environments the host may hold; beyond, creates get 503 with Retry-After.
+    #[arg(long, env = "AIRLOCK_CAPACITY_ENVIRONMENTS", default_value_t = 2000)]
+    capacity_environments: u64,
+    /// Memory limits of all live environments added up may not pass this (MiB)
+    /// [default: no such limit; the reserve below still applies].
+    #[arg(long, env = "AIRLOCK_CAPACITY_MEMORY_MIB")]
+    capacity_memory_mib: Option<u64>,
+    /// CPU limits of all live environments added up may not pass this [default: none].
+    #[arg(long, env = "AIRLOCK_CAPACITY_CPUS")]
+    capacity_cpus: Option<f64>,
+    /// Creates are refused while the host has less memory available than this (MiB).
+    #[arg(long, env = "AIRLOCK_MEMORY_RESERVE_MIB", default_value_t = 512)]
+    memory_reserve_mib: u64,
     /// The shortest TTL or idle timeout a create may ask for, in seconds.
     #[arg(long, env = "AIRLOCK_MIN_LIFETIME", default_value_t = 60)]
     min_lifetime: u64,
@@ -298,6 +311,14 @@ async fn run_server(args: ServerArgs) -> anyhow::Result<()> {
                 default: args.rate_limit,
                 by_role: args.role_rate_limits,
             },
+            host_capacity: airlock_core::model::Quota {
+                max_environments: Some(args.capacity_environments),
+                max_memory_mib: args.capacity_memory_mib,
+                max_millicpus: args
+                    .capacity_cpus
+                    .map(|cpus| (cpus.max(0.0) * 1000.0).round() as u64),
+            },
+            memory_reserve_mib: args.memory_reserve_mib,
             admission: airlock_core::admission::AdmissionConfig {
                 concurrency: args.max_concurrent_creates.max(1),
                 max_queue: args.create_queue_size,

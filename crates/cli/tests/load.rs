@@ -200,3 +200,39 @@ async fn a_burst_far_above_capacity_ends_in_201_or_503_and_another_team_gets_thr
     let (status, _) = server.anonymous().get("/healthz").await;
     assert_eq!(status, StatusCode::OK);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_host_refuses_beyond_its_capacity_and_creates_nothing() {
+    if !can_run_sandboxes("the_host_refuses_beyond_its_capacity_and_creates_nothing") {
+        return;
+    }
+    let server = Server::start_with(&["--capacity-environments", "3"]);
+    let ann = server.user("ann").await;
+    let bob = server.user("bob").await;
+    let body = serde_json::json!({ "resources": { "disk_mib": 64 } });
+    for api in [&ann, &bob, &ann] {
+        api.create(body.clone()).await;
+    }
+    let answer = bob
+        .call(Method::POST, "/v1/environments", Some(body.clone()), &[])
+        .await;
+    assert_eq!(
+        answer.status,
+        StatusCode::SERVICE_UNAVAILABLE,
+        "{}",
+        answer.body
+    );
+    assert!(answer.headers.contains_key("retry-after"));
+    assert!(
+        answer.body["detail"].as_str().unwrap().contains("capacity"),
+        "{}",
+        answer.body
+    );
+    assert_eq!(server.sandbox_dirs().len(), 3);
+    // Room again once one is gone.
+    let (_, list) = ann.get("/v1/environments").await;
+    let first = list["items"][0]["id"].as_str().unwrap().to_owned();
+    let (status, _) = ann.delete(&format!("/v1/environments/{first}")).await;
+    assert_eq!(status, StatusCode::NO_CONTENT);
+    bob.create(body).await;
+}

@@ -17,7 +17,7 @@ use std::time::Duration;
 
 use airlock_core::ids::{EnvironmentId, Name};
 use airlock_core::model::{AuditEvent, EnvState, Environment};
-use airlock_core::ports::{EnvironmentQuery, Store};
+use airlock_core::ports::{Ceilings, EnvironmentQuery, Store};
 use airlock_store::SqliteStore;
 use chrono::{DateTime, Utc};
 use common::{Api, Server, can_run_sandboxes};
@@ -679,7 +679,7 @@ async fn leftovers_of_every_kind_are_removed_at_start_and_each_removal_is_audite
                 ..template
             },
             None,
-            None,
+            &Ceilings::default(),
         )
         .await
         .unwrap();

@@ -10,7 +10,7 @@ use std::time::Duration;
 use crate::action::Action;
 use crate::admission::AdmissionConfig;
 use crate::error::{Error, Invalid};
-use crate::model::{Principal, Resources, Scope};
+use crate::model::{Principal, Quota, Resources, Scope};
 use crate::rate_limit::RateLimits;
 
 /// The scope a credential needs for an action.
@@ -95,6 +95,10 @@ pub struct Limits {
     pub rate_limits: RateLimits,
     /// Creates at once, and how many may wait how long for a turn.
     pub admission: AdmissionConfig,
+    /// What the host may give, over all live environments (their limits added up).
+    pub host_capacity: Quota,
+    /// Creates are refused while the host has less memory than this available.
+    pub memory_reserve_mib: u64,
 }
 
 impl Default for Limits {
@@ -137,6 +141,12 @@ impl Default for Limits {
                 max_queue: 1000,
                 max_wait: Duration::from_secs(10),
             },
+            host_capacity: Quota {
+                max_environments: Some(2000),
+                max_memory_mib: None,
+                max_millicpus: None,
+            },
+            memory_reserve_mib: 512,
         }
     }
 }

@@ -35,6 +35,18 @@ pub enum Inserted {
     },
     /// The team's quota would be exceeded; the string says which limit. Nothing was written.
     OverQuota(String),
+    /// The host's capacity would be exceeded; the string says which limit. Nothing was written.
+    OverCapacity(String),
+}
+
+/// What a new environment must fit in, counted over live environments (not deleted or
+/// failed) in the same transaction as the insert.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Ceilings {
+    /// Its team's quota.
+    pub team: Option<Quota>,
+    /// What the host may give, over every environment.
+    pub host: Option<Quota>,
 }
 
 /// Durable state. Every method is atomic on its own.
@@ -70,13 +82,15 @@ pub trait Store: Send + Sync + 'static {
 
     /// Records a new environment. With an idempotency key, either the key is claimed with the
     /// environment in one transaction, or the earlier claim is returned and nothing is written.
-    /// With a quota, the environment's team's live environments (not deleted or failed) are
-    /// counted in the same transaction and nothing is written if this one would exceed it.
+    /// A replay wins over the ceilings. Then the environment's team's live environments (not
+    /// deleted or failed) are counted against its quota, and all live environments against
+    /// the host's capacity, in the same transaction: nothing is written if this one would
+    /// exceed either.
     async fn insert_environment(
         &self,
         environment: &Environment,
         idempotency: Option<(&str, &str)>,
-        quota: Option<&Quota>,
+        ceilings: &Ceilings,
     ) -> Result<Inserted, StoreError>;
     async fn get_environment(&self, id: &EnvironmentId) -> Result<Option<Environment>, StoreError>;
     /// Environments in id (creation) order after `after`, optionally only one owner's, one
@@ -249,6 +263,8 @@ pub trait Runtime: Send + Sync + 'static {
     fn has_image(&self, image: &Name) -> bool;
     /// Whether sandboxes can be given this network mode on this host.
     fn supports_network(&self, mode: NetworkMode) -> bool;
+    /// Memory the host can still give (MiB), if the runtime knows.
+    fn available_memory_mib(&self) -> Option<u64>;
     /// Creates and starts a sandbox. On error nothing of it is left on the host.
     async fn create(&self, spec: &SandboxSpec) -> Result<(), RuntimeError>;
     /// Starts a stopped sandbox again on its kept writable layer.

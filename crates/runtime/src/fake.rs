@@ -34,6 +34,8 @@ struct Sandbox {
 
 #[derive(Debug, Default)]
 pub struct FakeRuntime {
+    /// What `available_memory_mib` answers (unknown by default).
+    available_memory_mib: Mutex<Option<u64>>,
     sandboxes: Mutex<BTreeMap<EnvironmentId, Sandbox>>,
     failing_destroys: Mutex<BTreeSet<EnvironmentId>>,
 }
@@ -80,6 +82,11 @@ impl FakeRuntime {
             .unwrap_or_default()
     }
 
+    /// Pretends the host has this much memory available.
+    pub fn set_available_memory_mib(&self, mib: Option<u64>) {
+        *self.available_memory_mib.lock().expect("lock") = mib;
+    }
+
     /// Makes every `destroy` of this sandbox fail (or succeed again).
     pub fn fail_destroy(&self, id: &EnvironmentId, failing: bool) {
         let mut failing_destroys = self.failing_destroys.lock().expect("lock");
@@ -99,6 +106,10 @@ impl Runtime for FakeRuntime {
 
     fn supports_network(&self, _mode: NetworkMode) -> bool {
         true
+    }
+
+    fn available_memory_mib(&self) -> Option<u64> {
+        *self.available_memory_mib.lock().expect("lock")
     }
 
     async fn create(&self, spec: &SandboxSpec) -> Result<(), RuntimeError> {

@@ -537,6 +537,10 @@ impl Runtime for LocalRuntime {
         }
     }
 
+    fn available_memory_mib(&self) -> Option<u64> {
+        available_memory_mib(&fs::read_to_string("/proc/meminfo").ok()?)
+    }
+
     async fn create(&self, spec: &SandboxSpec) -> Result<(), RuntimeError> {
         self.boot(spec, true).await
     }
@@ -730,4 +734,26 @@ async fn finish_capture(
         abort.abort();
     }
     std::mem::take(&mut *captured.lock().expect("capture lock"))
+}
+
+/// `MemAvailable` of `/proc/meminfo`, in MiB.
+fn available_memory_mib(meminfo: &str) -> Option<u64> {
+    let line = meminfo
+        .lines()
+        .find(|line| line.starts_with("MemAvailable:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib / 1024)
+}
+
+#[cfg(test)]
+mod meminfo_tests {
+    use super::available_memory_mib;
+
+    #[test]
+    fn reads_mem_available() {
+        let meminfo =
+            "MemTotal:       24683656 kB\nMemFree:  100 kB\nMemAvailable:   20971520 kB\n";
+        assert_eq!(available_memory_mib(meminfo), Some(20480));
+        assert_eq!(available_memory_mib("MemTotal: 1 kB\n"), None);
+    }
 }

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use airlock_core::action::{Command, NewEnvironment, NewToken};
 use airlock_core::ids::{EnvironmentId, Name};
 use airlock_core::model::EnvState;
-use airlock_core::ports::{ManualClock, Remnant, Runtime, SandboxSpec, Store};
+use airlock_core::ports::{Ceilings, ManualClock, Remnant, Runtime, SandboxSpec, Store};
 use airlock_core::{Action, Engine, Error, Origin, Reply};
 use airlock_runtime::FakeRuntime;
 use airlock_store::SqliteStore;
@@ -408,7 +408,7 @@ async fn reconcile_fails_interrupted_creates_and_removes_what_they_made() {
         };
         fixture
             .store
-            .insert_environment(&environment, None, None)
+            .insert_environment(&environment, None, &Ceilings::default())
             .await
             .unwrap();
         interrupted.push(id);

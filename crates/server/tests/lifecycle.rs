@@ -207,3 +207,22 @@ async fn extensions_stay_within_the_hard_maximum() {
     fixture.engine.reap().await.unwrap();
     assert_eq!(fixture.state(&id).await, EnvState::Deleted);
 }
+
+#[tokio::test]
+async fn a_host_short_of_memory_refuses_creates_until_it_has_some_again() {
+    let fixture = fixture().await;
+    fixture.runtime.set_available_memory_mib(Some(100));
+    let refused = fixture
+        .perform(Action::CreateEnvironment {
+            request: NewEnvironment::default(),
+            idempotency_key: None,
+        })
+        .await;
+    assert!(
+        matches!(refused, Err(Error::Overloaded { .. })),
+        "{refused:?}"
+    );
+    assert!(fixture.runtime.list().await.unwrap().is_empty());
+    fixture.runtime.set_available_memory_mib(Some(8192));
+    fixture.create(600, None).await;
+}

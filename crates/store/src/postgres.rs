@@ -8,7 +8,7 @@ use std::time::Duration;
 use airlock_core::access::{AccessProfile, AccessRequest, AccessState, Approved};
 use airlock_core::ids::{AccessRequestId, EnvironmentId, Name, TokenId, UserId};
 use airlock_core::model::{AuditEvent, EnvState, Environment, Quota, Team, TokenRecord, User};
-use airlock_core::ports::{AccessQuery, EnvironmentQuery, Inserted, Store, StoreError};
+use airlock_core::ports::{AccessQuery, Ceilings, EnvironmentQuery, Inserted, Store, StoreError};
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use sqlx::postgres::{PgPoolOptions, PgRow};
@@ -288,7 +288,7 @@ impl Store for PostgresStore {
         &self,
         environment: &Environment,
         idempotency: Option<(&str, &str)>,
-        quota: Option<&Quota>,
+        ceilings: &Ceilings,
     ) -> Result<Inserted, StoreError> {
         let mut tx = self.pool.begin().await.map_err(backend)?;
         if let Some((key, fingerprint)) = idempotency {
@@ -320,7 +320,7 @@ impl Store for PostgresStore {
                 return records::replayed(&row);
             }
         }
-        if let (Some(team), Some(quota)) = (&environment.team, quota) {
+        if let (Some(team), Some(quota)) = (&environment.team, &ceilings.team) {
             // Concurrent creates in one team count one after the other: each holds the team's
             // row until it commits, and the next one's count (read committed: a new snapshot
             // per statement) sees what the one before it wrote.
@@ -351,6 +351,27 @@ impl Store for PostgresStore {
             let (count, used) = records::usage(&row)?;
             if let Some(exceeded) = over_quota(quota, count, &used, &environment.resources) {
                 return Ok(Inserted::OverQuota(exceeded));
+            }
+        }
+        if let Some(capacity) = &ceilings.host {
+            // One create at a time counts the host: a lock for the whole database.
+            sqlx::query(
+                "SELECT pg_advisory_xact_lock(hashtextextended('airlock host capacity', 0))",
+            )
+            .execute(&mut *tx)
+            .await
+            .map_err(backend)?;
+            let row = sqlx::query(
+                "SELECT COUNT(*) AS environments, COALESCE(SUM(memory_mib), 0)::BIGINT AS memory_mib,
+                        COALESCE(SUM(millicpus), 0)::BIGINT AS millicpus
+                 FROM environments WHERE state NOT IN ('deleted', 'failed')",
+            )
+            .fetch_one(&mut *tx)
+            .await
+            .map_err(backend)?;
+            let (count, used) = records::usage(&row)?;
+            if let Some(exceeded) = over_quota(capacity, count, &used, &environment.resources) {
+                return Ok(Inserted::OverCapacity(exceeded));
             }
         }
         sqlx::query(

@@ -8,7 +8,7 @@ use std::time::Duration;
 use airlock_core::access::{AccessProfile, AccessRequest, AccessState, Approval, Approved};
 use airlock_core::ids::{AccessRequestId, EnvironmentId, Name, TokenId, UserId};
 use airlock_core::model::{AuditEvent, EnvState, Environment, Quota, Team, TokenRecord, User};
-use airlock_core::ports::{AccessQuery, EnvironmentQuery, Inserted, Store, StoreError};
+use airlock_core::ports::{AccessQuery, Ceilings, EnvironmentQuery, Inserted, Store, StoreError};
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
@@ -267,7 +267,7 @@ impl Store for SqliteStore {
         &self,
         environment: &Environment,
         idempotency: Option<(&str, &str)>,
-        quota: Option<&Quota>,
+        ceilings: &Ceilings,
     ) -> Result<Inserted, StoreError> {
         let mut tx = self.pool.begin().await.map_err(backend)?;
         if let Some((key, fingerprint)) = idempotency {
@@ -297,7 +297,7 @@ impl Store for SqliteStore {
                 return records::replayed(&row);
             }
         }
-        if let (Some(team), Some(quota)) = (&environment.team, quota) {
+        if let (Some(team), Some(quota)) = (&environment.team, &ceilings.team) {
             // A write first takes SQLite's write lock at once, so concurrent creates of one
             // team count one after the other and never both fit into the last slot.
             sqlx::query("UPDATE teams SET name = name WHERE name = ?")
@@ -317,6 +317,28 @@ impl Store for SqliteStore {
             let (count, used) = records::usage(&row)?;
             if let Some(exceeded) = over_quota(quota, count, &used, &environment.resources) {
                 return Ok(Inserted::OverQuota(exceeded));
+            }
+        }
+        if let Some(capacity) = &ceilings.host {
+            // A write first takes SQLite's write lock (the whole database) at once.
+            sqlx::query(
+                "INSERT INTO settings (key, value) VALUES ('host_capacity', '')
+                 ON CONFLICT (key) DO UPDATE SET value = ''",
+            )
+            .execute(&mut *tx)
+            .await
+            .map_err(backend)?;
+            let row = sqlx::query(
+                "SELECT COUNT(*) AS environments, COALESCE(SUM(memory_mib), 0) AS memory_mib,
+                        COALESCE(SUM(millicpus), 0) AS millicpus
+                 FROM environments WHERE state NOT IN ('deleted', 'failed')",
+            )
+            .fetch_one(&mut *tx)
+            .await
+            .map_err(backend)?;
+            let (count, used) = records::usage(&row)?;
+            if let Some(exceeded) = over_quota(capacity, count, &used, &environment.resources) {
+                return Ok(Inserted::OverCapacity(exceeded));
             }
         }
         sqlx::query(

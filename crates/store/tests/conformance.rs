@@ -18,7 +18,7 @@ use airlock_core::model::{
     AuditEvent, EnvState, Environment, NetworkMode, Party, Quota, Resources, Role, Scope, Team,
     TokenRecord, User,
 };
-use airlock_core::ports::{AccessQuery, EnvironmentQuery, Inserted, Store, StoreError};
+use airlock_core::ports::{AccessQuery, Ceilings, EnvironmentQuery, Inserted, Store, StoreError};
 use airlock_store::{PostgresStore, SqliteStore};
 use chrono::{DateTime, TimeZone, Utc};
 use sqlx::Connection;
@@ -52,6 +52,7 @@ macro_rules! conformance {
 }
 
 conformance!(
+    concurrent_creates_respect_the_host_capacity,
     lifetimes_touch_extend_and_come_due,
     a_replay_wins_over_a_full_quota,
     users_round_trip_and_names_are_unique,
@@ -604,7 +605,10 @@ async fn environments_round_trip(db: &Db) {
     let alice = add_user(&*store, "alice").await;
     let plain = environment(&alice, "plain");
     assert_eq!(
-        store.insert_environment(&plain, None, None).await.unwrap(),
+        store
+            .insert_environment(&plain, None, &Ceilings::default())
+            .await
+            .unwrap(),
         Inserted::Created
     );
     assert_eq!(store.get_environment(&plain.id).await.unwrap(), Some(plain));
@@ -624,7 +628,10 @@ async fn environments_round_trip(db: &Db) {
     full.updated_at = at(11);
     full.failure = Some("the image is gone: \"python-3\"".into());
     assert_eq!(
-        store.insert_environment(&full, None, None).await.unwrap(),
+        store
+            .insert_environment(&full, None, &Ceilings::default())
+            .await
+            .unwrap(),
         Inserted::Created
     );
     assert_eq!(store.get_environment(&full.id).await.unwrap(), Some(full));
@@ -644,7 +651,11 @@ async fn idempotency_keys_replay_the_first_claim(db: &Db) {
     let first = environment(&alice, "first");
     assert_eq!(
         store
-            .insert_environment(&first, Some(("key-1", "fingerprint-a")), None)
+            .insert_environment(
+                &first,
+                Some(("key-1", "fingerprint-a")),
+                &Ceilings::default()
+            )
             .await
             .unwrap(),
         Inserted::Created
@@ -660,7 +671,7 @@ async fn idempotency_keys_replay_the_first_claim(db: &Db) {
     for fingerprint in ["fingerprint-a", "fingerprint-b"] {
         assert_eq!(
             store
-                .insert_environment(&again, Some(("key-1", fingerprint)), None)
+                .insert_environment(&again, Some(("key-1", fingerprint)), &Ceilings::default())
                 .await
                 .unwrap(),
             replayed
@@ -672,14 +683,22 @@ async fn idempotency_keys_replay_the_first_claim(db: &Db) {
     let bobs = environment(&bob, "first");
     assert_eq!(
         store
-            .insert_environment(&bobs, Some(("key-1", "fingerprint-c")), None)
+            .insert_environment(
+                &bobs,
+                Some(("key-1", "fingerprint-c")),
+                &Ceilings::default()
+            )
             .await
             .unwrap(),
         Inserted::Created
     );
     assert_eq!(
         store
-            .insert_environment(&again, Some(("key-2", "fingerprint-b")), None)
+            .insert_environment(
+                &again,
+                Some(("key-2", "fingerprint-b")),
+                &Ceilings::default()
+            )
             .await
             .unwrap(),
         Inserted::Created
@@ -690,14 +709,22 @@ async fn idempotency_keys_replay_the_first_claim(db: &Db) {
     let taken = environment(&alice, "first");
     assert_duplicate(
         store
-            .insert_environment(&taken, Some(("key-3", "fingerprint-d")), None)
+            .insert_environment(
+                &taken,
+                Some(("key-3", "fingerprint-d")),
+                &Ceilings::default(),
+            )
             .await,
         "environment name",
     );
     let retry = environment(&alice, "retry");
     assert_eq!(
         store
-            .insert_environment(&retry, Some(("key-3", "fingerprint-e")), None)
+            .insert_environment(
+                &retry,
+                Some(("key-3", "fingerprint-e")),
+                &Ceilings::default()
+            )
             .await
             .unwrap(),
         Inserted::Created
@@ -718,7 +745,7 @@ async fn lifetimes_touch_extend_and_come_due(db: &Db) {
     ] {
         let environment = environment(&alice, environment_name);
         store
-            .insert_environment(&environment, None, None)
+            .insert_environment(&environment, None, &Ceilings::default())
             .await
             .unwrap();
         store
@@ -779,7 +806,14 @@ async fn a_replay_wins_over_a_full_quota(db: &Db) {
     let first = in_team(environment(&alice, "first"), "solo", resources(64, 100));
     assert_eq!(
         store
-            .insert_environment(&first, Some(("key-1", "f")), Some(&one))
+            .insert_environment(
+                &first,
+                Some(("key-1", "f")),
+                &Ceilings {
+                    team: Some(one.clone()),
+                    host: None
+                }
+            )
             .await
             .unwrap(),
         Inserted::Created
@@ -787,7 +821,14 @@ async fn a_replay_wins_over_a_full_quota(db: &Db) {
     let retry = in_team(environment(&alice, "retry"), "solo", resources(64, 100));
     assert_eq!(
         store
-            .insert_environment(&retry, Some(("key-1", "f")), Some(&one))
+            .insert_environment(
+                &retry,
+                Some(("key-1", "f")),
+                &Ceilings {
+                    team: Some(one.clone()),
+                    host: None
+                }
+            )
             .await
             .unwrap(),
         Inserted::Replayed {
@@ -797,7 +838,14 @@ async fn a_replay_wins_over_a_full_quota(db: &Db) {
     );
     assert!(matches!(
         store
-            .insert_environment(&retry, Some(("key-2", "f")), Some(&one))
+            .insert_environment(
+                &retry,
+                Some(("key-2", "f")),
+                &Ceilings {
+                    team: Some(one.clone()),
+                    host: None
+                }
+            )
             .await
             .unwrap(),
         Inserted::OverQuota(_)
@@ -816,7 +864,14 @@ async fn a_replay_wins_over_a_full_quota(db: &Db) {
         .unwrap();
     assert_eq!(
         store
-            .insert_environment(&retry, Some(("key-2", "f")), Some(&one))
+            .insert_environment(
+                &retry,
+                Some(("key-2", "f")),
+                &Ceilings {
+                    team: Some(one.clone()),
+                    host: None
+                }
+            )
             .await
             .unwrap(),
         Inserted::Created
@@ -828,22 +883,27 @@ async fn live_names_are_unique_per_owner(db: &Db) {
     let alice = add_user(&*store, "alice").await;
     let bob = add_user(&*store, "bob").await;
     let web = environment(&alice, "web");
-    store.insert_environment(&web, None, None).await.unwrap();
+    store
+        .insert_environment(&web, None, &Ceilings::default())
+        .await
+        .unwrap();
     assert_duplicate(
         store
-            .insert_environment(&environment(&alice, "web"), None, None)
+            .insert_environment(&environment(&alice, "web"), None, &Ceilings::default())
             .await,
         "environment name",
     );
     let mut same_id = environment(&alice, "other");
     same_id.id = web.id.clone();
     assert_duplicate(
-        store.insert_environment(&same_id, None, None).await,
+        store
+            .insert_environment(&same_id, None, &Ceilings::default())
+            .await,
         "environment name",
     );
     assert_eq!(
         store
-            .insert_environment(&environment(&bob, "web"), None, None)
+            .insert_environment(&environment(&bob, "web"), None, &Ceilings::default())
             .await
             .unwrap(),
         Inserted::Created
@@ -853,10 +913,13 @@ async fn live_names_are_unique_per_owner(db: &Db) {
     for state in [EnvState::Running, EnvState::Stopped, EnvState::Deleting] {
         let mut holder = environment(&alice, "held");
         holder.state = state;
-        store.insert_environment(&holder, None, None).await.unwrap();
+        store
+            .insert_environment(&holder, None, &Ceilings::default())
+            .await
+            .unwrap();
         assert_duplicate(
             store
-                .insert_environment(&environment(&alice, "held"), None, None)
+                .insert_environment(&environment(&alice, "held"), None, &Ceilings::default())
                 .await,
             "environment name",
         );
@@ -879,7 +942,7 @@ async fn live_names_are_unique_per_owner(db: &Db) {
         .unwrap();
     assert_duplicate(
         store
-            .insert_environment(&environment(&alice, "web"), None, None)
+            .insert_environment(&environment(&alice, "web"), None, &Ceilings::default())
             .await,
         "environment name",
     );
@@ -897,11 +960,14 @@ async fn live_names_are_unique_per_owner(db: &Db) {
     for _ in 0..2 {
         let mut gone = environment(&alice, "web");
         gone.state = EnvState::Deleted;
-        store.insert_environment(&gone, None, None).await.unwrap();
+        store
+            .insert_environment(&gone, None, &Ceilings::default())
+            .await
+            .unwrap();
     }
     assert_eq!(
         store
-            .insert_environment(&environment(&alice, "web"), None, None)
+            .insert_environment(&environment(&alice, "web"), None, &Ceilings::default())
             .await
             .unwrap(),
         Inserted::Created
@@ -913,7 +979,7 @@ async fn transitions_only_from_allowed_states(db: &Db) {
     let alice = add_user(&*store, "alice").await;
     let created = environment(&alice, "web");
     store
-        .insert_environment(&created, None, None)
+        .insert_environment(&created, None, &Ceilings::default())
         .await
         .unwrap();
 
@@ -1031,7 +1097,7 @@ async fn environment_listing_filters_and_pages(db: &Db) {
     let everything = [&alice_web, &alice_db, &alice_old_web, &bob_web, &bob_job];
     for environment in everything {
         store
-            .insert_environment(environment, None, None)
+            .insert_environment(environment, None, &Ceilings::default())
             .await
             .unwrap();
     }
@@ -1158,7 +1224,14 @@ async fn quotas_count_live_environments(db: &Db) {
         let environment = in_team(environment(&alice, environment_name), team, resources);
         async move {
             let inserted = store
-                .insert_environment(&environment, None, Some(&quota))
+                .insert_environment(
+                    &environment,
+                    None,
+                    &Ceilings {
+                        team: Some(quota.clone()),
+                        host: None,
+                    },
+                )
                 .await
                 .unwrap();
             (environment.id, inserted)
@@ -1184,7 +1257,14 @@ async fn quotas_count_live_environments(db: &Db) {
     let keyed = in_team(environment(&alice, "red-keyed"), "red", small);
     assert_eq!(
         store
-            .insert_environment(&keyed, Some(("key", "fingerprint")), Some(&two))
+            .insert_environment(
+                &keyed,
+                Some(("key", "fingerprint")),
+                &Ceilings {
+                    team: Some(two.clone()),
+                    host: None
+                }
+            )
             .await
             .unwrap(),
         Inserted::OverQuota("2 of 2 environments".into())
@@ -1204,7 +1284,14 @@ async fn quotas_count_live_environments(db: &Db) {
         .unwrap();
     assert_eq!(
         store
-            .insert_environment(&keyed, Some(("key", "fingerprint")), Some(&two))
+            .insert_environment(
+                &keyed,
+                Some(("key", "fingerprint")),
+                &Ceilings {
+                    team: Some(two.clone()),
+                    host: None
+                }
+            )
             .await
             .unwrap(),
         Inserted::Created
@@ -1217,7 +1304,7 @@ async fn quotas_count_live_environments(db: &Db) {
     let environment = in_team(environment(&alice, "red-5"), "red", small);
     assert_eq!(
         store
-            .insert_environment(&environment, None, None)
+            .insert_environment(&environment, None, &Ceilings::default())
             .await
             .unwrap(),
         Inserted::Created
@@ -1291,7 +1378,14 @@ async fn race(
             let environment = in_team(environment(owner, &format!("{team}-{index}")), team, each);
             tokio::spawn(async move {
                 store
-                    .insert_environment(&environment, None, Some(&quota))
+                    .insert_environment(
+                        &environment,
+                        None,
+                        &Ceilings {
+                            team: Some(quota.clone()),
+                            host: None,
+                        },
+                    )
                     .await
                     .unwrap()
             })
@@ -1352,6 +1446,75 @@ async fn concurrent_creates_respect_the_quota(db: &Db) {
     );
 }
 
+/// The host's capacity counts every live environment, whoever's, under concurrent inserts.
+async fn concurrent_creates_respect_the_host_capacity(db: &Db) {
+    let store = db.store();
+    let owners = [
+        add_user(&*store, "alice").await,
+        add_user(&*store, "bob").await,
+    ];
+    let capacity = Quota {
+        max_environments: Some(6),
+        max_memory_mib: Some(10_000),
+        max_millicpus: None,
+    };
+    let tasks: Vec<_> = (0..24)
+        .map(|index| {
+            let store = store.clone();
+            let environment = environment(&owners[index % 2], &format!("host-{index}"));
+            tokio::spawn(async move {
+                store
+                    .insert_environment(
+                        &environment,
+                        None,
+                        &Ceilings {
+                            team: None,
+                            host: Some(capacity),
+                        },
+                    )
+                    .await
+                    .unwrap()
+            })
+        })
+        .collect();
+    let (mut created, mut over) = (0, 0);
+    for task in tasks {
+        match task.await.unwrap() {
+            Inserted::Created => created += 1,
+            Inserted::OverCapacity(_) => over += 1,
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    assert_eq!((created, over), (6, 18));
+    // Memory counts too: 6 × 512 MiB live; another 512 fits under 3,584, a seventh does not.
+    let tight = Quota {
+        max_environments: None,
+        max_memory_mib: Some(3584),
+        max_millicpus: None,
+    };
+    let ceilings = Ceilings {
+        team: None,
+        host: Some(tight),
+    };
+    let fits = environment(&owners[0], "fits");
+    assert_eq!(
+        store
+            .insert_environment(&fits, None, &ceilings)
+            .await
+            .unwrap(),
+        Inserted::Created
+    );
+    let refused = environment(&owners[1], "refused");
+    assert!(matches!(
+        store
+            .insert_environment(&refused, None, &ceilings)
+            .await
+            .unwrap(),
+        Inserted::OverCapacity(_)
+    ));
+    assert_eq!(store.get_environment(&refused.id).await.unwrap(), None);
+}
+
 async fn concurrent_claims_of_one_key_create_once(db: &Db) {
     let store = db.store();
     let alice = add_user(&*store, "alice").await;
@@ -1362,7 +1525,11 @@ async fn concurrent_claims_of_one_key_create_once(db: &Db) {
             tokio::spawn(async move {
                 let fingerprint = format!("fingerprint-{index}");
                 let inserted = store
-                    .insert_environment(&environment, Some(("one-key", &fingerprint)), None)
+                    .insert_environment(
+                        &environment,
+                        Some(("one-key", &fingerprint)),
+                        &Ceilings::default(),
+                    )
                     .await
                     .unwrap();
                 (environment.id, fingerprint, inserted)

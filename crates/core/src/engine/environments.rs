@@ -13,7 +13,10 @@ use crate::authz::Resource;
 use crate::error::{Error, Invalid};
 use crate::ids::{EnvironmentId, Name};
 use crate::model::{EnvState, Environment, ExecSpec, NetworkMode, Principal, Quota, Role};
-use crate::ports::{AccessQuery, EnvironmentQuery, Inserted, SandboxSpec, StoreError};
+use crate::ports::{AccessQuery, Ceilings, EnvironmentQuery, Inserted, SandboxSpec, StoreError};
+
+/// What a create refused for the host's capacity suggests waiting: environments end often.
+const CAPACITY_RETRY_AFTER: Duration = Duration::from_secs(10);
 
 impl Engine {
     pub(super) async fn create_environment(
@@ -128,13 +131,24 @@ impl Engine {
                 reason: format!("too many environments are being created: {}", shed.reason),
                 retry_after: shed.retry_after,
             })?;
+        self.check_memory()?;
+        let ceilings = Ceilings {
+            team: quota,
+            host: Some(self.limits.host_capacity),
+        };
         let _lock = self.lock(&id).await;
         match self
             .store
-            .insert_environment(&environment, claim, quota.as_ref())
+            .insert_environment(&environment, claim, &ceilings)
             .await
         {
             Ok(Inserted::Created) => {}
+            Ok(Inserted::OverCapacity(which)) => {
+                return Err(Error::Overloaded {
+                    reason: format!("the host is at its capacity: {which}"),
+                    retry_after: CAPACITY_RETRY_AFTER,
+                });
+            }
             Ok(Inserted::OverQuota(which)) => {
                 return Err(Error::QuotaExceeded(format!(
                     "team {:?} is at its quota: {which}",
@@ -701,6 +715,22 @@ impl Engine {
         self.settle(&found.id, EnvState::Running, EnvState::Stopped)
             .await?;
         Ok(())
+    }
+
+    /// Refuses a create while the host itself is short of memory, whatever the limits say.
+    fn check_memory(&self) -> Result<(), Error> {
+        match self.runtime.available_memory_mib() {
+            Some(available) if available < self.limits.memory_reserve_mib => {
+                Err(Error::Overloaded {
+                    reason: format!(
+                        "the host has {available} MiB of memory available, below its reserve of {} MiB",
+                        self.limits.memory_reserve_mib
+                    ),
+                    retry_after: CAPACITY_RETRY_AFTER,
+                })
+            }
+            _ => Ok(()),
+        }
     }
 
     /// The class a create waits in: under a grant, production access; by someone holding an
