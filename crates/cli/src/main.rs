@@ -138,6 +138,10 @@ struct ServerArgs {
         value_parser = parse_role_mapping
     )]
     oidc_role_map: Vec<(String, airlock_core::model::Role)>,
+    /// Warm sandboxes of the default shape (default image and resources, network none) kept
+    /// ready: a create of that shape takes one at once; they are made again in the background.
+    #[arg(long, env = "AIRLOCK_WARM_POOL", default_value_t = 0)]
+    warm_pool: u32,
     /// Live environments the host may hold; beyond, creates get 503 with Retry-After.
     #[arg(long, env = "AIRLOCK_CAPACITY_ENVIRONMENTS", default_value_t = 2000)]
     capacity_environments: u64,
@@ -319,6 +323,7 @@ async fn run_server(args: ServerArgs) -> anyhow::Result<()> {
                     .map(|cpus| (cpus.max(0.0) * 1000.0).round() as u64),
             },
             memory_reserve_mib: args.memory_reserve_mib,
+            warm_pool: args.warm_pool,
             admission: airlock_core::admission::AdmissionConfig {
                 concurrency: args.max_concurrent_creates.max(1),
                 max_queue: args.create_queue_size,

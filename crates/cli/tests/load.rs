@@ -236,3 +236,36 @@ async fn the_host_refuses_beyond_its_capacity_and_creates_nothing() {
     assert_eq!(status, StatusCode::NO_CONTENT);
     bob.create(body).await;
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_warm_pool_serves_creates_of_its_shape_and_refills() {
+    if !can_run_sandboxes("a_warm_pool_serves_creates_of_its_shape_and_refills") {
+        return;
+    }
+    let server = Server::start_with(&["--warm-pool", "2"]);
+    let wait_for_sandboxes = |count: usize| {
+        let started = std::time::Instant::now();
+        while server.sandbox_dirs().len() != count {
+            assert!(
+                started.elapsed() < std::time::Duration::from_secs(60),
+                "{:?}",
+                server.sandbox_dirs()
+            );
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+    };
+    wait_for_sandboxes(2);
+    let warm = server.sandbox_dirs();
+    let ann = server.user("ann").await;
+    let id = ann.create(serde_json::json!({ "name": "quick" })).await;
+    assert!(warm.contains(&id), "{id} is not one of {warm:?}");
+    let (status, environment) = ann.get(&format!("/v1/environments/{id}")).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(environment["name"], "quick");
+    assert_eq!(ann.sh(&id, "echo warm").await["stdout"], "warm\n");
+    // Another user cannot see it, and the pool makes another.
+    let bob = server.user("bob").await;
+    let (status, _) = bob.get(&format!("/v1/environments/{id}")).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    tokio::task::block_in_place(|| wait_for_sandboxes(3));
+}

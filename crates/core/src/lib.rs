@@ -15,5 +15,7 @@ pub mod rate_limit;
 pub mod secret;
 
 pub use action::{Action, Reply};
-pub use engine::{Engine, ExternalIdentity, Origin, ReapReport, ReconcileReport, SweepReport};
+pub use engine::{
+    Engine, ExternalIdentity, Origin, PoolReport, ReapReport, ReconcileReport, SweepReport,
+};
 pub use error::{Error, Invalid};

@@ -99,6 +99,8 @@ pub struct Limits {
     pub host_capacity: Quota,
     /// Creates are refused while the host has less memory than this available.
     pub memory_reserve_mib: u64,
+    /// Warm sandboxes of the default shape kept ready (0: no pool).
+    pub warm_pool: u32,
 }
 
 impl Default for Limits {
@@ -147,6 +149,7 @@ impl Default for Limits {
                 max_millicpus: None,
             },
             memory_reserve_mib: 512,
+            warm_pool: 0,
         }
     }
 }

@@ -39,6 +39,17 @@ pub enum Inserted {
     OverCapacity(String),
 }
 
+/// The outcome of taking a warm sandbox from a pool.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Claimed {
+    /// The pooled environment is now this one.
+    Taken(Box<Environment>),
+    /// No warm sandbox of that shape is ready.
+    Empty,
+    /// What an insert would have answered instead: a replay or a refusal; nothing changed.
+    AsInsert(Inserted),
+}
+
 /// What a new environment must fit in, counted over live environments (not deleted or
 /// failed) in the same transaction as the insert.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -92,6 +103,17 @@ pub trait Store: Send + Sync + 'static {
         idempotency: Option<(&str, &str)>,
         ceilings: &Ceilings,
     ) -> Result<Inserted, StoreError>;
+    /// Hands a warm sandbox over: the oldest running environment of `pool_owner` with the
+    /// image, resources and network of `taking` becomes `taking` (keeping its id; owner, name,
+    /// team, times from `taking`), under the idempotency and team-quota rules of an insert, in
+    /// one transaction. A pooled sandbox counts against the host already.
+    async fn claim_pooled(
+        &self,
+        pool_owner: &UserId,
+        taking: &Environment,
+        idempotency: Option<(&str, &str)>,
+        ceilings: &Ceilings,
+    ) -> Result<Claimed, StoreError>;
     async fn get_environment(&self, id: &EnvironmentId) -> Result<Option<Environment>, StoreError>;
     /// Environments in id (creation) order after `after`, optionally only one owner's, one
     /// name's, and only in some states.

@@ -26,6 +26,9 @@ use crate::{AppState, build_app, serve};
 /// How often grants, expiries and idle timeouts are checked: "within a few seconds".
 const ACCESS_SWEEP_EVERY: Duration = Duration::from_secs(1);
 
+/// How often the warm pool is checked when no create takes from it.
+const POOL_CHECK_EVERY: Duration = Duration::from_secs(5);
+
 /// Everything the server needs to start, validated by the caller (the CLI).
 /// Not `Debug`: the database URL may hold a password.
 #[derive(Clone)]
@@ -149,6 +152,12 @@ pub async fn start(config: ServerConfig) -> Result<Started> {
         None => None,
     };
 
+    // After the first admin: the pool's owner is a user too.
+    engine
+        .prepare_pool()
+        .await
+        .context("preparing the warm pool")?;
+
     let listener = TcpListener::bind(config.listen)
         .await
         .with_context(|| format!("listening on {}", config.listen))?;
@@ -211,6 +220,20 @@ pub async fn run(started: Started, reconcile_every: Duration) -> Result<()> {
             }
         }
     });
+    let engine = started.engine.clone();
+    let refiller = tokio::spawn(async move {
+        loop {
+            match engine.refill_pool().await {
+                Ok(report) if report != Default::default() => {
+                    tracing::info!(?report, "warm pool refilled")
+                }
+                Ok(_) => {}
+                Err(error) => tracing::error!(%error, "refilling the warm pool failed"),
+            }
+            // Again as soon as a create takes a warm sandbox, and every few seconds anyway.
+            engine.pool_drained(POOL_CHECK_EVERY).await;
+        }
+    });
     let app = build_app(AppState {
         engine: started.engine.clone(),
         oidc: started.oidc.clone(),
@@ -241,6 +264,7 @@ pub async fn run(started: Started, reconcile_every: Duration) -> Result<()> {
     };
     reconciler.abort();
     sweeper.abort();
+    refiller.abort();
     served
         .context("the server task failed")?
         .context("serving")?;

@@ -8,7 +8,9 @@ use std::time::Duration;
 use airlock_core::access::{AccessProfile, AccessRequest, AccessState, Approved};
 use airlock_core::ids::{AccessRequestId, EnvironmentId, Name, TokenId, UserId};
 use airlock_core::model::{AuditEvent, EnvState, Environment, Quota, Team, TokenRecord, User};
-use airlock_core::ports::{AccessQuery, Ceilings, EnvironmentQuery, Inserted, Store, StoreError};
+use airlock_core::ports::{
+    AccessQuery, Ceilings, Claimed, EnvironmentQuery, Inserted, Store, StoreError,
+};
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use sqlx::postgres::{PgPoolOptions, PgRow};
@@ -291,88 +293,13 @@ impl Store for PostgresStore {
         ceilings: &Ceilings,
     ) -> Result<Inserted, StoreError> {
         let mut tx = self.pool.begin().await.map_err(backend)?;
-        if let Some((key, fingerprint)) = idempotency {
-            // A second request with the key waits on the first one's uncommitted row, then
-            // inserts nothing and reads the committed claim.
-            let claimed = sqlx::query(
-                "INSERT INTO idempotency_keys (owner_id, key, environment_id, fingerprint, created_at)
-                 VALUES ($1, $2, $3, $4, $5) ON CONFLICT (owner_id, key) DO NOTHING",
-            )
-            .bind(environment.owner.as_str())
-            .bind(key)
-            .bind(environment.id.as_str())
-            .bind(fingerprint)
-            .bind(micros(environment.created_at))
-            .execute(&mut *tx)
-            .await
-            .map_err(backend)?
-            .rows_affected()
-                == 1;
-            if !claimed {
-                let row = sqlx::query(
-                    "SELECT environment_id, fingerprint FROM idempotency_keys WHERE owner_id = $1 AND key = $2",
-                )
-                .bind(environment.owner.as_str())
-                .bind(key)
-                .fetch_one(&mut *tx)
-                .await
-                .map_err(backend)?;
-                return records::replayed(&row);
-            }
+        if let Some((key, fingerprint)) = idempotency
+            && let Some(replayed) = claim_key(&mut tx, environment, key, fingerprint).await?
+        {
+            return Ok(replayed);
         }
-        if let (Some(team), Some(quota)) = (&environment.team, &ceilings.team) {
-            // Concurrent creates in one team count one after the other: each holds the team's
-            // row until it commits, and the next one's count (read committed: a new snapshot
-            // per statement) sees what the one before it wrote.
-            let locked = sqlx::query("SELECT 1 FROM teams WHERE name = $1 FOR UPDATE")
-                .bind(team.as_str())
-                .fetch_optional(&mut *tx)
-                .await
-                .map_err(backend)?
-                .is_some();
-            if !locked {
-                // A quota for a team without a row (the engine passes only existing teams'):
-                // a lock on the team's name does the same.
-                sqlx::query("SELECT pg_advisory_xact_lock(hashtextextended($1, 0))")
-                    .bind(format!("airlock team {team}"))
-                    .execute(&mut *tx)
-                    .await
-                    .map_err(backend)?;
-            }
-            let row = sqlx::query(
-                "SELECT COUNT(*) AS environments, COALESCE(SUM(memory_mib), 0)::BIGINT AS memory_mib,
-                        COALESCE(SUM(millicpus), 0)::BIGINT AS millicpus
-                 FROM environments WHERE team = $1 AND state NOT IN ('deleted', 'failed')",
-            )
-            .bind(team.as_str())
-            .fetch_one(&mut *tx)
-            .await
-            .map_err(backend)?;
-            let (count, used) = records::usage(&row)?;
-            if let Some(exceeded) = over_quota(quota, count, &used, &environment.resources) {
-                return Ok(Inserted::OverQuota(exceeded));
-            }
-        }
-        if let Some(capacity) = &ceilings.host {
-            // One create at a time counts the host: a lock for the whole database.
-            sqlx::query(
-                "SELECT pg_advisory_xact_lock(hashtextextended('airlock host capacity', 0))",
-            )
-            .execute(&mut *tx)
-            .await
-            .map_err(backend)?;
-            let row = sqlx::query(
-                "SELECT COUNT(*) AS environments, COALESCE(SUM(memory_mib), 0)::BIGINT AS memory_mib,
-                        COALESCE(SUM(millicpus), 0)::BIGINT AS millicpus
-                 FROM environments WHERE state NOT IN ('deleted', 'failed')",
-            )
-            .fetch_one(&mut *tx)
-            .await
-            .map_err(backend)?;
-            let (count, used) = records::usage(&row)?;
-            if let Some(exceeded) = over_quota(capacity, count, &used, &environment.resources) {
-                return Ok(Inserted::OverCapacity(exceeded));
-            }
+        if let Some(refused) = check_ceilings(&mut tx, environment, ceilings).await? {
+            return Ok(refused);
         }
         sqlx::query(
             "INSERT INTO environments (id, name, owner_id, image, memory_mib, millicpus, pids, disk_mib, network, team, access_request, state, created_at, updated_at, expires_at, last_activity_at, idle_timeout_ms, failure)
@@ -405,6 +332,71 @@ impl Store for PostgresStore {
         .map_err(|error| duplicate_or_backend(error, "environment name"))?;
         tx.commit().await.map_err(backend)?;
         Ok(Inserted::Created)
+    }
+
+    async fn claim_pooled(
+        &self,
+        pool_owner: &UserId,
+        taking: &Environment,
+        idempotency: Option<(&str, &str)>,
+        ceilings: &Ceilings,
+    ) -> Result<Claimed, StoreError> {
+        let mut tx = self.pool.begin().await.map_err(backend)?;
+        // The oldest ready one no other claim holds: claims of one pool run side by side.
+        let row = sqlx::query(
+            "SELECT id FROM environments
+             WHERE owner_id = $1 AND state = 'running' AND image = $2 AND memory_mib = $3
+               AND millicpus = $4 AND pids = $5 AND disk_mib = $6 AND network = $7
+             ORDER BY id LIMIT 1 FOR UPDATE SKIP LOCKED",
+        )
+        .bind(pool_owner.as_str())
+        .bind(taking.image.as_str())
+        .bind(taking.resources.memory_mib as i64)
+        .bind(taking.resources.millicpus as i64)
+        .bind(taking.resources.pids as i64)
+        .bind(taking.resources.disk_mib as i64)
+        .bind(taking.network.as_str())
+        .fetch_optional(&mut *tx)
+        .await
+        .map_err(backend)?;
+        let Some(row) = row else {
+            return Ok(Claimed::Empty);
+        };
+        let mut taken = taking.clone();
+        taken.id = EnvironmentId::parse(records::Columns::text(&row, "id")?).map_err(corrupt)?;
+        if let Some((key, fingerprint)) = idempotency
+            && let Some(replayed) = claim_key(&mut tx, &taken, key, fingerprint).await?
+        {
+            return Ok(Claimed::AsInsert(replayed));
+        }
+        let team_only = Ceilings {
+            team: ceilings.team,
+            host: None,
+        };
+        if let Some(refused) = check_ceilings(&mut tx, &taken, &team_only).await? {
+            return Ok(Claimed::AsInsert(refused));
+        }
+        let row = sqlx::query(
+            "UPDATE environments SET owner_id = $1, name = $2, team = $3, created_at = $4,
+                    updated_at = $5, expires_at = $6, last_activity_at = $7, idle_timeout_ms = $8
+             WHERE id = $9 AND owner_id = $10 AND state = 'running' RETURNING *",
+        )
+        .bind(taken.owner.as_str())
+        .bind(taken.name.as_str())
+        .bind(taken.team.as_ref().map(Name::as_str))
+        .bind(micros(taken.created_at))
+        .bind(micros(taken.updated_at))
+        .bind(micros(taken.expires_at))
+        .bind(micros(taken.last_activity_at))
+        .bind(taken.idle_timeout.map(|timeout| timeout.as_millis() as i64))
+        .bind(taken.id.as_str())
+        .bind(pool_owner.as_str())
+        .fetch_one(&mut *tx)
+        .await
+        .map_err(|error| duplicate_or_backend(error, "environment name"))?;
+        let environment = records::environment(&row)?;
+        tx.commit().await.map_err(backend)?;
+        Ok(Claimed::Taken(Box::new(environment)))
     }
 
     async fn get_environment(&self, id: &EnvironmentId) -> Result<Option<Environment>, StoreError> {
@@ -767,6 +759,105 @@ impl Store for PostgresStore {
             .map_err(backend)?;
         rows.iter().map(records::audit_event).collect()
     }
+}
+
+/// Claims an idempotency key for `environment`; the earlier claim when it was taken.
+async fn claim_key(
+    connection: &mut PgConnection,
+    environment: &Environment,
+    key: &str,
+    fingerprint: &str,
+) -> Result<Option<Inserted>, StoreError> {
+    // A second request with the key waits on the first one's uncommitted row, then
+    // inserts nothing and reads the committed claim.
+    let claimed = sqlx::query(
+        "INSERT INTO idempotency_keys (owner_id, key, environment_id, fingerprint, created_at)
+             VALUES ($1, $2, $3, $4, $5) ON CONFLICT (owner_id, key) DO NOTHING",
+    )
+    .bind(environment.owner.as_str())
+    .bind(key)
+    .bind(environment.id.as_str())
+    .bind(fingerprint)
+    .bind(micros(environment.created_at))
+    .execute(&mut *connection)
+    .await
+    .map_err(backend)?
+    .rows_affected()
+        == 1;
+    if !claimed {
+        let row = sqlx::query(
+                "SELECT environment_id, fingerprint FROM idempotency_keys WHERE owner_id = $1 AND key = $2",
+            )
+            .bind(environment.owner.as_str())
+            .bind(key)
+            .fetch_one(&mut *connection)
+            .await
+            .map_err(backend)?;
+        return records::replayed(&row).map(Some);
+    }
+    Ok(None)
+}
+
+/// Counts the team's and the host's live environments under their locks; the refusal if
+/// `environment` does not fit.
+async fn check_ceilings(
+    connection: &mut PgConnection,
+    environment: &Environment,
+    ceilings: &Ceilings,
+) -> Result<Option<Inserted>, StoreError> {
+    if let (Some(team), Some(quota)) = (&environment.team, &ceilings.team) {
+        // Concurrent creates in one team count one after the other: each holds the team's
+        // row until it commits, and the next one's count (read committed: a new snapshot
+        // per statement) sees what the one before it wrote.
+        let locked = sqlx::query("SELECT 1 FROM teams WHERE name = $1 FOR UPDATE")
+            .bind(team.as_str())
+            .fetch_optional(&mut *connection)
+            .await
+            .map_err(backend)?
+            .is_some();
+        if !locked {
+            // A quota for a team without a row (the engine passes only existing teams'):
+            // a lock on the team's name does the same.
+            sqlx::query("SELECT pg_advisory_xact_lock(hashtextextended($1, 0))")
+                .bind(format!("airlock team {team}"))
+                .execute(&mut *connection)
+                .await
+                .map_err(backend)?;
+        }
+        let row = sqlx::query(
+            "SELECT COUNT(*) AS environments, COALESCE(SUM(memory_mib), 0)::BIGINT AS memory_mib,
+                    COALESCE(SUM(millicpus), 0)::BIGINT AS millicpus
+             FROM environments WHERE team = $1 AND state NOT IN ('deleted', 'failed')",
+        )
+        .bind(team.as_str())
+        .fetch_one(&mut *connection)
+        .await
+        .map_err(backend)?;
+        let (count, used) = records::usage(&row)?;
+        if let Some(exceeded) = over_quota(quota, count, &used, &environment.resources) {
+            return Ok(Some(Inserted::OverQuota(exceeded)));
+        }
+    }
+    if let Some(capacity) = &ceilings.host {
+        // One create at a time counts the host: a lock for the whole database.
+        sqlx::query("SELECT pg_advisory_xact_lock(hashtextextended('airlock host capacity', 0))")
+            .execute(&mut *connection)
+            .await
+            .map_err(backend)?;
+        let row = sqlx::query(
+            "SELECT COUNT(*) AS environments, COALESCE(SUM(memory_mib), 0)::BIGINT AS memory_mib,
+                    COALESCE(SUM(millicpus), 0)::BIGINT AS millicpus
+             FROM environments WHERE state NOT IN ('deleted', 'failed')",
+        )
+        .fetch_one(&mut *connection)
+        .await
+        .map_err(backend)?;
+        let (count, used) = records::usage(&row)?;
+        if let Some(exceeded) = over_quota(capacity, count, &used, &environment.resources) {
+            return Ok(Some(Inserted::OverCapacity(exceeded)));
+        }
+    }
+    Ok(None)
 }
 
 /// ` AND state IN (…)`; an empty list matches nothing, as on SQLite.

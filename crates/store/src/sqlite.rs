@@ -8,11 +8,13 @@ use std::time::Duration;
 use airlock_core::access::{AccessProfile, AccessRequest, AccessState, Approval, Approved};
 use airlock_core::ids::{AccessRequestId, EnvironmentId, Name, TokenId, UserId};
 use airlock_core::model::{AuditEvent, EnvState, Environment, Quota, Team, TokenRecord, User};
-use airlock_core::ports::{AccessQuery, Ceilings, EnvironmentQuery, Inserted, Store, StoreError};
+use airlock_core::ports::{
+    AccessQuery, Ceilings, Claimed, EnvironmentQuery, Inserted, Store, StoreError,
+};
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
-use sqlx::{QueryBuilder, SqlitePool};
+use sqlx::{QueryBuilder, SqliteConnection, SqlitePool};
 
 use crate::error::{backend, corrupt, duplicate_or_backend};
 use crate::quota::over_quota;
@@ -270,76 +272,13 @@ impl Store for SqliteStore {
         ceilings: &Ceilings,
     ) -> Result<Inserted, StoreError> {
         let mut tx = self.pool.begin().await.map_err(backend)?;
-        if let Some((key, fingerprint)) = idempotency {
-            // Writing first takes SQLite's write lock at once, so two requests with one key
-            // serialize here instead of both reading "absent".
-            let claimed = sqlx::query(
-                "INSERT INTO idempotency_keys (owner_id, key, environment_id, fingerprint, created_at)
-                 VALUES (?, ?, ?, ?, ?) ON CONFLICT (owner_id, key) DO NOTHING",
-            )
-            .bind(environment.owner.as_str())
-            .bind(key)
-            .bind(environment.id.as_str())
-            .bind(fingerprint)
-            .bind(micros(environment.created_at))
-            .execute(&mut *tx)
-            .await
-            .map_err(backend)?
-            .rows_affected()
-                == 1;
-            if !claimed {
-                let row = sqlx::query("SELECT environment_id, fingerprint FROM idempotency_keys WHERE owner_id = ? AND key = ?")
-                    .bind(environment.owner.as_str())
-                    .bind(key)
-                    .fetch_one(&mut *tx)
-                    .await
-                    .map_err(backend)?;
-                return records::replayed(&row);
-            }
+        if let Some((key, fingerprint)) = idempotency
+            && let Some(replayed) = claim_key(&mut tx, environment, key, fingerprint).await?
+        {
+            return Ok(replayed);
         }
-        if let (Some(team), Some(quota)) = (&environment.team, &ceilings.team) {
-            // A write first takes SQLite's write lock at once, so concurrent creates of one
-            // team count one after the other and never both fit into the last slot.
-            sqlx::query("UPDATE teams SET name = name WHERE name = ?")
-                .bind(team.as_str())
-                .execute(&mut *tx)
-                .await
-                .map_err(backend)?;
-            let row = sqlx::query(
-                "SELECT COUNT(*) AS environments, COALESCE(SUM(memory_mib), 0) AS memory_mib,
-                        COALESCE(SUM(millicpus), 0) AS millicpus
-                 FROM environments WHERE team = ? AND state NOT IN ('deleted', 'failed')",
-            )
-            .bind(team.as_str())
-            .fetch_one(&mut *tx)
-            .await
-            .map_err(backend)?;
-            let (count, used) = records::usage(&row)?;
-            if let Some(exceeded) = over_quota(quota, count, &used, &environment.resources) {
-                return Ok(Inserted::OverQuota(exceeded));
-            }
-        }
-        if let Some(capacity) = &ceilings.host {
-            // A write first takes SQLite's write lock (the whole database) at once.
-            sqlx::query(
-                "INSERT INTO settings (key, value) VALUES ('host_capacity', '')
-                 ON CONFLICT (key) DO UPDATE SET value = ''",
-            )
-            .execute(&mut *tx)
-            .await
-            .map_err(backend)?;
-            let row = sqlx::query(
-                "SELECT COUNT(*) AS environments, COALESCE(SUM(memory_mib), 0) AS memory_mib,
-                        COALESCE(SUM(millicpus), 0) AS millicpus
-                 FROM environments WHERE state NOT IN ('deleted', 'failed')",
-            )
-            .fetch_one(&mut *tx)
-            .await
-            .map_err(backend)?;
-            let (count, used) = records::usage(&row)?;
-            if let Some(exceeded) = over_quota(capacity, count, &used, &environment.resources) {
-                return Ok(Inserted::OverCapacity(exceeded));
-            }
+        if let Some(refused) = check_ceilings(&mut tx, environment, ceilings).await? {
+            return Ok(refused);
         }
         sqlx::query(
             "INSERT INTO environments (id, name, owner_id, image, memory_mib, millicpus, pids, disk_mib, network, team, access_request, state, created_at, updated_at, expires_at, last_activity_at, idle_timeout_ms, failure)
@@ -372,6 +311,78 @@ impl Store for SqliteStore {
         .map_err(|error| duplicate_or_backend(error, "environment name"))?;
         tx.commit().await.map_err(backend)?;
         Ok(Inserted::Created)
+    }
+
+    async fn claim_pooled(
+        &self,
+        pool_owner: &UserId,
+        taking: &Environment,
+        idempotency: Option<(&str, &str)>,
+        ceilings: &Ceilings,
+    ) -> Result<Claimed, StoreError> {
+        let mut tx = self.pool.begin().await.map_err(backend)?;
+        // A write first takes SQLite's write lock: claims run one after the other.
+        sqlx::query(
+            "INSERT INTO settings (key, value) VALUES ('warm_pool', '')
+             ON CONFLICT (key) DO UPDATE SET value = ''",
+        )
+        .execute(&mut *tx)
+        .await
+        .map_err(backend)?;
+        let row = sqlx::query(
+            "SELECT id FROM environments
+             WHERE owner_id = ? AND state = 'running' AND image = ? AND memory_mib = ?
+               AND millicpus = ? AND pids = ? AND disk_mib = ? AND network = ?
+             ORDER BY id LIMIT 1",
+        )
+        .bind(pool_owner.as_str())
+        .bind(taking.image.as_str())
+        .bind(taking.resources.memory_mib as i64)
+        .bind(taking.resources.millicpus as i64)
+        .bind(taking.resources.pids as i64)
+        .bind(taking.resources.disk_mib as i64)
+        .bind(taking.network.as_str())
+        .fetch_optional(&mut *tx)
+        .await
+        .map_err(backend)?;
+        let Some(row) = row else {
+            return Ok(Claimed::Empty);
+        };
+        let mut taken = taking.clone();
+        taken.id = EnvironmentId::parse(records::Columns::text(&row, "id")?).map_err(corrupt)?;
+        if let Some((key, fingerprint)) = idempotency
+            && let Some(replayed) = claim_key(&mut tx, &taken, key, fingerprint).await?
+        {
+            return Ok(Claimed::AsInsert(replayed));
+        }
+        let team_only = Ceilings {
+            team: ceilings.team,
+            host: None,
+        };
+        if let Some(refused) = check_ceilings(&mut tx, &taken, &team_only).await? {
+            return Ok(Claimed::AsInsert(refused));
+        }
+        let row = sqlx::query(
+            "UPDATE environments SET owner_id = ?, name = ?, team = ?, created_at = ?,
+                    updated_at = ?, expires_at = ?, last_activity_at = ?, idle_timeout_ms = ?
+             WHERE id = ? AND owner_id = ? AND state = 'running' RETURNING *",
+        )
+        .bind(taken.owner.as_str())
+        .bind(taken.name.as_str())
+        .bind(taken.team.as_ref().map(Name::as_str))
+        .bind(micros(taken.created_at))
+        .bind(micros(taken.updated_at))
+        .bind(micros(taken.expires_at))
+        .bind(micros(taken.last_activity_at))
+        .bind(taken.idle_timeout.map(|timeout| timeout.as_millis() as i64))
+        .bind(taken.id.as_str())
+        .bind(pool_owner.as_str())
+        .fetch_one(&mut *tx)
+        .await
+        .map_err(|error| duplicate_or_backend(error, "environment name"))?;
+        let environment = records::environment(&row)?;
+        tx.commit().await.map_err(backend)?;
+        Ok(Claimed::Taken(Box::new(environment)))
     }
 
     async fn get_environment(&self, id: &EnvironmentId) -> Result<Option<Environment>, StoreError> {
@@ -742,6 +753,95 @@ impl Store for SqliteStore {
             .map_err(backend)?;
         rows.iter().map(records::audit_event).collect()
     }
+}
+
+/// Claims an idempotency key for `environment`; the earlier claim when it was taken. Writing
+/// first takes SQLite's write lock at once, so two requests with one key serialize here
+/// instead of both reading "absent".
+async fn claim_key(
+    connection: &mut SqliteConnection,
+    environment: &Environment,
+    key: &str,
+    fingerprint: &str,
+) -> Result<Option<Inserted>, StoreError> {
+    let claimed = sqlx::query(
+        "INSERT INTO idempotency_keys (owner_id, key, environment_id, fingerprint, created_at)
+         VALUES (?, ?, ?, ?, ?) ON CONFLICT (owner_id, key) DO NOTHING",
+    )
+    .bind(environment.owner.as_str())
+    .bind(key)
+    .bind(environment.id.as_str())
+    .bind(fingerprint)
+    .bind(micros(environment.created_at))
+    .execute(&mut *connection)
+    .await
+    .map_err(backend)?
+    .rows_affected()
+        == 1;
+    if claimed {
+        return Ok(None);
+    }
+    let row = sqlx::query(
+        "SELECT environment_id, fingerprint FROM idempotency_keys WHERE owner_id = ? AND key = ?",
+    )
+    .bind(environment.owner.as_str())
+    .bind(key)
+    .fetch_one(&mut *connection)
+    .await
+    .map_err(backend)?;
+    records::replayed(&row).map(Some)
+}
+
+/// Counts the team's and the host's live environments; the refusal if `environment` does not
+/// fit. Each count starts with a write, taking SQLite's write lock (the whole database) at
+/// once, so concurrent creates count one after the other and never both take the last slot.
+async fn check_ceilings(
+    connection: &mut SqliteConnection,
+    environment: &Environment,
+    ceilings: &Ceilings,
+) -> Result<Option<Inserted>, StoreError> {
+    if let (Some(team), Some(quota)) = (&environment.team, &ceilings.team) {
+        sqlx::query("UPDATE teams SET name = name WHERE name = ?")
+            .bind(team.as_str())
+            .execute(&mut *connection)
+            .await
+            .map_err(backend)?;
+        let row = sqlx::query(
+            "SELECT COUNT(*) AS environments, COALESCE(SUM(memory_mib), 0) AS memory_mib,
+                    COALESCE(SUM(millicpus), 0) AS millicpus
+             FROM environments WHERE team = ? AND state NOT IN ('deleted', 'failed')",
+        )
+        .bind(team.as_str())
+        .fetch_one(&mut *connection)
+        .await
+        .map_err(backend)?;
+        let (count, used) = records::usage(&row)?;
+        if let Some(exceeded) = over_quota(quota, count, &used, &environment.resources) {
+            return Ok(Some(Inserted::OverQuota(exceeded)));
+        }
+    }
+    if let Some(capacity) = &ceilings.host {
+        sqlx::query(
+            "INSERT INTO settings (key, value) VALUES ('host_capacity', '')
+             ON CONFLICT (key) DO UPDATE SET value = ''",
+        )
+        .execute(&mut *connection)
+        .await
+        .map_err(backend)?;
+        let row = sqlx::query(
+            "SELECT COUNT(*) AS environments, COALESCE(SUM(memory_mib), 0) AS memory_mib,
+                    COALESCE(SUM(millicpus), 0) AS millicpus
+             FROM environments WHERE state NOT IN ('deleted', 'failed')",
+        )
+        .fetch_one(&mut *connection)
+        .await
+        .map_err(backend)?;
+        let (count, used) = records::usage(&row)?;
+        if let Some(exceeded) = over_quota(capacity, count, &used, &environment.resources) {
+            return Ok(Some(Inserted::OverCapacity(exceeded)));
+        }
+    }
+    Ok(None)
 }
 
 async fn read_access_request(

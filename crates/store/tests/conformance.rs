@@ -810,7 +810,7 @@ async fn a_replay_wins_over_a_full_quota(db: &Db) {
                 &first,
                 Some(("key-1", "f")),
                 &Ceilings {
-                    team: Some(one.clone()),
+                    team: Some(one),
                     host: None
                 }
             )
@@ -825,7 +825,7 @@ async fn a_replay_wins_over_a_full_quota(db: &Db) {
                 &retry,
                 Some(("key-1", "f")),
                 &Ceilings {
-                    team: Some(one.clone()),
+                    team: Some(one),
                     host: None
                 }
             )
@@ -842,7 +842,7 @@ async fn a_replay_wins_over_a_full_quota(db: &Db) {
                 &retry,
                 Some(("key-2", "f")),
                 &Ceilings {
-                    team: Some(one.clone()),
+                    team: Some(one),
                     host: None
                 }
             )
@@ -868,7 +868,7 @@ async fn a_replay_wins_over_a_full_quota(db: &Db) {
                 &retry,
                 Some(("key-2", "f")),
                 &Ceilings {
-                    team: Some(one.clone()),
+                    team: Some(one),
                     host: None
                 }
             )
@@ -1228,7 +1228,7 @@ async fn quotas_count_live_environments(db: &Db) {
                     &environment,
                     None,
                     &Ceilings {
-                        team: Some(quota.clone()),
+                        team: Some(quota),
                         host: None,
                     },
                 )
@@ -1261,7 +1261,7 @@ async fn quotas_count_live_environments(db: &Db) {
                 &keyed,
                 Some(("key", "fingerprint")),
                 &Ceilings {
-                    team: Some(two.clone()),
+                    team: Some(two),
                     host: None
                 }
             )
@@ -1288,7 +1288,7 @@ async fn quotas_count_live_environments(db: &Db) {
                 &keyed,
                 Some(("key", "fingerprint")),
                 &Ceilings {
-                    team: Some(two.clone()),
+                    team: Some(two),
                     host: None
                 }
             )
@@ -1382,7 +1382,7 @@ async fn race(
                         &environment,
                         None,
                         &Ceilings {
-                            team: Some(quota.clone()),
+                            team: Some(quota),
                             host: None,
                         },
                     )

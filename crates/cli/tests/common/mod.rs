@@ -55,11 +55,16 @@ impl Server {
             .expect("temp dir");
         let data_dir = temp.path().join("d");
         let args: Vec<String> = args.iter().map(|arg| arg.to_string()).collect();
-        let (child, url) = spawn(&data_dir, &args);
-        let admin_token = std::fs::read_to_string(data_dir.join("admin-token"))
-            .expect("admin token file")
-            .trim()
-            .to_owned();
+        let (mut child, url) = spawn(&data_dir, &args);
+        let admin_token = match std::fs::read_to_string(data_dir.join("admin-token")) {
+            Ok(token) => token.trim().to_owned(),
+            Err(error) => {
+                // Never leave a server behind a failed start.
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!("the server wrote no admin token: {error}");
+            }
+        };
         Server {
             child: Some(child),
             url,

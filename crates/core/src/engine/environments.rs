@@ -13,7 +13,9 @@ use crate::authz::Resource;
 use crate::error::{Error, Invalid};
 use crate::ids::{EnvironmentId, Name};
 use crate::model::{EnvState, Environment, ExecSpec, NetworkMode, Principal, Quota, Role};
-use crate::ports::{AccessQuery, Ceilings, EnvironmentQuery, Inserted, SandboxSpec, StoreError};
+use crate::ports::{
+    AccessQuery, Ceilings, Claimed, EnvironmentQuery, Inserted, SandboxSpec, StoreError,
+};
 
 /// What a create refused for the host's capacity suggests waiting: environments end often.
 const CAPACITY_RETRY_AFTER: Duration = Duration::from_secs(10);
@@ -116,6 +118,37 @@ impl Engine {
         let claim = idempotency_key
             .as_deref()
             .map(|key| (key, fingerprint.as_str()));
+        let ceilings = Ceilings {
+            team: quota,
+            host: Some(self.limits.host_capacity),
+        };
+        // A warm sandbox of this shape, when one is ready: no queue, nothing to make.
+        if files.is_empty()
+            && grant.is_none()
+            && let Some(pool_owner) = self.pool_for(&environment)
+        {
+            match self
+                .store
+                .claim_pooled(pool_owner, &environment, claim, &ceilings)
+                .await
+            {
+                Ok(Claimed::Taken(environment)) => {
+                    tracing::debug!(environment = %environment.id, "served from the warm pool");
+                    self.pool_refill.notify_one();
+                    return Ok(Reply::Environment {
+                        environment: *environment,
+                        replayed: false,
+                        usage: None,
+                    });
+                }
+                Ok(Claimed::Empty) => {}
+                Ok(Claimed::AsInsert(outcome)) => {
+                    return self.not_created(outcome, &environment, &fingerprint).await;
+                }
+                Err(StoreError::Duplicate(_)) => return Err(name_taken(&environment)),
+                Err(error) => return Err(error.into()),
+            }
+        }
         // A turn to create: fair across teams (or users without one), production access first,
         // CI batches last. Refused here, nothing has been written.
         let priority = self.priority_of(principal, grant.is_some()).await?;
@@ -132,56 +165,18 @@ impl Engine {
                 retry_after: shed.retry_after,
             })?;
         self.check_memory()?;
-        let ceilings = Ceilings {
-            team: quota,
-            host: Some(self.limits.host_capacity),
-        };
-        let _lock = self.lock(&id).await;
+        let lock = self.lock(&id).await;
         match self
             .store
             .insert_environment(&environment, claim, &ceilings)
             .await
         {
             Ok(Inserted::Created) => {}
-            Ok(Inserted::OverCapacity(which)) => {
-                return Err(Error::Overloaded {
-                    reason: format!("the host is at its capacity: {which}"),
-                    retry_after: CAPACITY_RETRY_AFTER,
-                });
+            Ok(outcome) => {
+                drop(lock);
+                return self.not_created(outcome, &environment, &fingerprint).await;
             }
-            Ok(Inserted::OverQuota(which)) => {
-                return Err(Error::QuotaExceeded(format!(
-                    "team {:?} is at its quota: {which}",
-                    environment
-                        .team
-                        .as_ref()
-                        .map(Name::as_str)
-                        .unwrap_or_default()
-                )));
-            }
-            Ok(Inserted::Replayed {
-                environment: earlier,
-                fingerprint: earlier_fingerprint,
-            }) => {
-                drop(_lock);
-                if earlier_fingerprint != fingerprint {
-                    return Err(Error::Conflict(
-                        "this Idempotency-Key was used before with a different request".into(),
-                    ));
-                }
-                let environment = self.await_settled(&earlier).await?;
-                return Ok(Reply::Environment {
-                    environment,
-                    replayed: true,
-                    usage: None,
-                });
-            }
-            Err(StoreError::Duplicate(_)) => {
-                return Err(Error::Conflict(format!(
-                    "you already have a live environment named {:?}",
-                    environment.name.as_str()
-                )));
-            }
+            Err(StoreError::Duplicate(_)) => return Err(name_taken(&environment)),
             Err(error) => return Err(error.into()),
         }
 
@@ -219,6 +214,49 @@ impl Engine {
             replayed: false,
             usage: None,
         })
+    }
+
+    /// The answer to a create that made nothing: a replay of the earlier one with the same
+    /// key, or a refusal for the team's quota or the host's capacity.
+    async fn not_created(
+        &self,
+        outcome: Inserted,
+        environment: &Environment,
+        fingerprint: &str,
+    ) -> Result<Reply, Error> {
+        match outcome {
+            Inserted::Created => Err(Error::Internal(
+                "a created environment is not a refusal".into(),
+            )),
+            Inserted::OverCapacity(which) => Err(Error::Overloaded {
+                reason: format!("the host is at its capacity: {which}"),
+                retry_after: CAPACITY_RETRY_AFTER,
+            }),
+            Inserted::OverQuota(which) => Err(Error::QuotaExceeded(format!(
+                "team {:?} is at its quota: {which}",
+                environment
+                    .team
+                    .as_ref()
+                    .map(Name::as_str)
+                    .unwrap_or_default()
+            ))),
+            Inserted::Replayed {
+                environment: earlier,
+                fingerprint: earlier_fingerprint,
+            } => {
+                if earlier_fingerprint != fingerprint {
+                    return Err(Error::Conflict(
+                        "this Idempotency-Key was used before with a different request".into(),
+                    ));
+                }
+                let environment = self.await_settled(&earlier).await?;
+                Ok(Reply::Environment {
+                    environment,
+                    replayed: true,
+                    usage: None,
+                })
+            }
+        }
     }
 
     /// Waits while an earlier create under the same idempotency key is still in flight.
@@ -718,7 +756,7 @@ impl Engine {
     }
 
     /// Refuses a create while the host itself is short of memory, whatever the limits say.
-    fn check_memory(&self) -> Result<(), Error> {
+    pub(super) fn check_memory(&self) -> Result<(), Error> {
         match self.runtime.available_memory_mib() {
             Some(available) if available < self.limits.memory_reserve_mib => {
                 Err(Error::Overloaded {
@@ -917,6 +955,13 @@ pub(super) fn sandbox_spec(environment: &Environment) -> SandboxSpec {
         network: environment.network,
         files: Vec::new(),
     }
+}
+
+fn name_taken(environment: &Environment) -> Error {
+    Error::Conflict(format!(
+        "you already have a live environment named {:?}",
+        environment.name.as_str()
+    ))
 }
 
 /// An environment as the policies see it.

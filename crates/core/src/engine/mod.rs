@@ -34,9 +34,11 @@ const HIGH_WATER_SETTING: &str = "clock_high_water";
 mod access;
 mod environments;
 mod identity;
+mod pool;
 mod reconcile;
 
 pub use access::SweepReport;
+pub use pool::PoolReport;
 
 /// What one pass of [`Engine::reap`] did.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
@@ -68,6 +70,10 @@ pub struct Engine {
     rate_limiter: RateLimiter,
     /// Creates wait here for a turn: bounded concurrency, fair across teams, by priority.
     admission: Admission,
+    /// The owner of the warm pool's sandboxes, once known (`prepare_pool`).
+    pool_owner: std::sync::OnceLock<UserId>,
+    /// Woken when a claim took a warm sandbox, so the pool is refilled at once.
+    pool_refill: tokio::sync::Notify,
 }
 
 impl Engine {
@@ -91,6 +97,8 @@ impl Engine {
                 .collect(),
             access_lock: Mutex::new(()),
             rate_limiter: RateLimiter::default(),
+            pool_owner: std::sync::OnceLock::new(),
+            pool_refill: tokio::sync::Notify::new(),
         }
     }
 

@@ -1,0 +1,184 @@
+//! The warm pool: sandboxes of the default shape made ahead of demand, owned by a system user
+//! (`warm-pool`, who cannot sign in), handed over whole to a create of that shape, and made
+//! again in the background, in the admission queue's lowest class so they never delay a
+//! create someone waits for.
+
+use super::{Engine, Origin, environments::generated_name, environments::sandbox_spec};
+use crate::admission::Priority;
+use crate::error::Error;
+use crate::ids::{EnvironmentId, Name, UserId};
+use crate::model::{EnvState, Environment, NetworkMode, User};
+use crate::ports::{Ceilings, EnvironmentQuery, Inserted, StoreError};
+
+/// How the pool's owner is found again at each start.
+const POOL_OWNER: &str = "airlock warm-pool";
+
+/// What one refill did.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct PoolReport {
+    pub made: Vec<EnvironmentId>,
+    /// Warm sandboxes beyond the pool's size (it was made smaller), deleted.
+    pub removed: Vec<EnvironmentId>,
+    /// Why the refill stopped early, if it did.
+    pub stopped: Option<String>,
+}
+
+impl Engine {
+    /// Finds the pool's owner, making it when a pool is configured. Run at start.
+    pub async fn prepare_pool(&self) -> Result<(), Error> {
+        let owner = match self.store.find_external_user(POOL_OWNER).await? {
+            Some(owner) => owner,
+            None if self.limits.warm_pool == 0 => return Ok(()),
+            None => {
+                let owner = User {
+                    id: UserId::generate(),
+                    name: Name::parse("name", "warm-pool").expect("valid name"),
+                    roles: Vec::new(),
+                    teams: Vec::new(),
+                    external_id: Some(POOL_OWNER.into()),
+                    created_at: self.now(),
+                };
+                match self.store.insert_user(&owner).await {
+                    Ok(()) => owner,
+                    Err(StoreError::Duplicate(_)) => {
+                        return Err(Error::Conflict(
+                            "a user named `warm-pool` exists: the warm pool needs that name".into(),
+                        ));
+                    }
+                    Err(error) => return Err(error.into()),
+                }
+            }
+        };
+        let _ = self.pool_owner.set(owner.id);
+        Ok(())
+    }
+
+    /// The pool's owner, when a create of this shape can be served from the pool.
+    pub(super) fn pool_for(&self, environment: &Environment) -> Option<&UserId> {
+        let shape_matches = environment.image.as_str() == "default"
+            && environment.resources == self.limits.default_resources
+            && environment.network == NetworkMode::None;
+        (self.limits.warm_pool > 0 && shape_matches)
+            .then(|| self.pool_owner.get())
+            .flatten()
+    }
+
+    /// Waits until a claim took a warm sandbox (or `timeout` passes): the refill loop's tick.
+    pub async fn pool_drained(&self, timeout: std::time::Duration) {
+        let _ = tokio::time::timeout(timeout, self.pool_refill.notified()).await;
+    }
+
+    /// Brings the pool to its size: makes what is missing, one at a time, each waiting for a
+    /// turn in the lowest class; deletes what is beyond it.
+    pub async fn refill_pool(&self) -> Result<PoolReport, Error> {
+        let mut report = PoolReport::default();
+        let Some(owner) = self.pool_owner.get() else {
+            return Ok(report);
+        };
+        let target = self.limits.warm_pool as usize;
+        let warm = self
+            .store
+            .list_environments(&EnvironmentQuery {
+                owner: Some(owner.clone()),
+                states: Some(vec![EnvState::Creating, EnvState::Running]),
+                limit: (target + 100) as u32,
+                ..Default::default()
+            })
+            .await?;
+        for surplus in warm.iter().skip(target) {
+            if surplus.state == EnvState::Running && self.tear_down(&surplus.id).await? {
+                report.removed.push(surplus.id.clone());
+            }
+        }
+        for _ in warm.len()..target {
+            let Ok(_turn) = self.admission.admit("warm-pool", Priority::Batch).await else {
+                report.stopped = Some("the create queue is full".into());
+                break;
+            };
+            if let Err(error) = self.check_memory() {
+                report.stopped = Some(error.to_string());
+                break;
+            }
+            match self.make_warm(owner).await {
+                Ok(Some(id)) => report.made.push(id),
+                Ok(None) => {
+                    report.stopped = Some("the host is at its capacity".into());
+                    break;
+                }
+                Err(error) => {
+                    report.stopped = Some(error.to_string());
+                    break;
+                }
+            }
+        }
+        if !report.made.is_empty() || !report.removed.is_empty() {
+            self.audit(
+                &Origin::default(),
+                "system",
+                "pool.refill",
+                None,
+                "ok",
+                Some(format!(
+                    "{} made, {} removed",
+                    report.made.len(),
+                    report.removed.len()
+                )),
+            )
+            .await;
+        }
+        Ok(report)
+    }
+
+    /// Makes one warm sandbox; `None` when the host has no room for it.
+    async fn make_warm(&self, owner: &UserId) -> Result<Option<EnvironmentId>, Error> {
+        let id = EnvironmentId::generate();
+        let now = self.now();
+        let environment = Environment {
+            id: id.clone(),
+            name: generated_name(&id),
+            owner: owner.clone(),
+            image: Name::parse("image", "default").expect("valid name"),
+            resources: self.limits.default_resources,
+            network: NetworkMode::None,
+            team: None,
+            access_request: None,
+            state: EnvState::Creating,
+            created_at: now,
+            updated_at: now,
+            expires_at: now
+                + chrono::Duration::from_std(self.limits.max_ttl)
+                    .map_err(|e| Error::internal("ttl", e))?,
+            last_activity_at: now,
+            idle_timeout: None,
+            failure: None,
+        };
+        let ceilings = Ceilings {
+            team: None,
+            host: Some(self.limits.host_capacity),
+        };
+        let _lock = self.lock(&id).await;
+        match self
+            .store
+            .insert_environment(&environment, None, &ceilings)
+            .await?
+        {
+            Inserted::Created => {}
+            _ => return Ok(None),
+        }
+        if let Err(error) = self.runtime.create(&sandbox_spec(&environment)).await {
+            self.store
+                .transition(
+                    &id,
+                    &[EnvState::Creating],
+                    EnvState::Failed,
+                    self.now(),
+                    Some("the warm sandbox could not be created"),
+                )
+                .await?;
+            return Err(Error::internal("warm sandbox creation", error));
+        }
+        self.settle(&id, EnvState::Creating, EnvState::Running)
+            .await?;
+        Ok(Some(id))
+    }
+}

@@ -1,0 +1,177 @@
+//! The warm pool on the engine, with the real SQLite store and the fake runtime: it fills to
+//! its size, a create of its shape takes a warm sandbox whole (no new sandbox made), other
+//! shapes are made cold, replays and quotas hold, and a smaller pool sheds its surplus.
+
+use std::sync::Arc;
+
+use airlock_core::action::{NewEnvironment, NewUser};
+use airlock_core::ids::{EnvironmentId, Name};
+use airlock_core::model::{Principal, Role, Scope};
+use airlock_core::policy::Limits;
+use airlock_core::ports::{ManualClock, Runtime};
+use airlock_core::{Action, Engine, Error, Origin, Reply};
+use airlock_runtime::FakeRuntime;
+use airlock_store::SqliteStore;
+use chrono::Utc;
+
+fn engine(store: Arc<SqliteStore>, runtime: Arc<FakeRuntime>, warm_pool: u32) -> Engine {
+    let limits = Limits {
+        warm_pool,
+        ..Default::default()
+    };
+    Engine::new(
+        store,
+        runtime,
+        Arc::new(ManualClock::new(Utc::now())),
+        limits,
+    )
+}
+
+async fn create(
+    engine: &Engine,
+    principal: &Principal,
+    request: NewEnvironment,
+    key: Option<&str>,
+) -> Result<(EnvironmentId, bool), Error> {
+    match engine
+        .perform(
+            principal,
+            &Origin::default(),
+            Action::CreateEnvironment {
+                request,
+                idempotency_key: key.map(str::to_owned),
+            },
+        )
+        .await?
+    {
+        Reply::Environment {
+            environment,
+            replayed,
+            ..
+        } => {
+            assert_eq!(environment.owner, principal.user.id);
+            Ok((environment.id, replayed))
+        }
+        other => panic!("{other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn creates_of_the_pools_shape_take_warm_sandboxes_and_the_pool_refills() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Arc::new(
+        SqliteStore::open(&dir.path().join("test.db"))
+            .await
+            .unwrap(),
+    );
+    let runtime = Arc::new(FakeRuntime::default());
+    let engine = engine(store.clone(), runtime.clone(), 3);
+    let (_, secret) = engine.bootstrap_admin().await.unwrap().unwrap();
+    let admin = engine.authenticate(secret.expose()).await.unwrap();
+    engine.prepare_pool().await.unwrap();
+
+    let report = engine.refill_pool().await.unwrap();
+    assert_eq!(report.made.len(), 3);
+    assert_eq!(runtime.list().await.unwrap().len(), 3);
+    let warm: Vec<EnvironmentId> = report.made.clone();
+
+    // The default shape: a warm sandbox, taken whole; nothing new is made.
+    let (taken, _) = create(&engine, &admin, NewEnvironment::default(), None)
+        .await
+        .unwrap();
+    assert!(warm.contains(&taken));
+    assert_eq!(runtime.list().await.unwrap().len(), 3);
+    // The same key again: the same environment, not another warm one.
+    let named = NewEnvironment {
+        name: Some(Name::parse("name", "ci-job").unwrap()),
+        ..Default::default()
+    };
+    let (first, _) = create(&engine, &admin, named.clone(), Some("job-1"))
+        .await
+        .unwrap();
+    let (again, replayed) = create(&engine, &admin, named, Some("job-1")).await.unwrap();
+    assert_eq!((again, replayed), (first.clone(), true));
+    assert!(warm.contains(&first));
+
+    // Another shape is made cold.
+    let (cold, _) = create(
+        &engine,
+        &admin,
+        NewEnvironment {
+            memory_mib: Some(64),
+            ..Default::default()
+        },
+        None,
+    )
+    .await
+    .unwrap();
+    assert!(!warm.contains(&cold));
+    assert_eq!(runtime.list().await.unwrap().len(), 4);
+
+    // The refill makes the two taken again.
+    assert_eq!(engine.refill_pool().await.unwrap().made.len(), 2);
+    assert_eq!(runtime.list().await.unwrap().len(), 6);
+
+    // A team at its quota gets no warm sandbox either.
+    engine
+        .perform(
+            &admin,
+            &Origin::default(),
+            Action::CreateTeam {
+                name: Name::parse("name", "tiny").unwrap(),
+                quota: airlock_core::model::Quota {
+                    max_environments: Some(0),
+                    ..Default::default()
+                },
+            },
+        )
+        .await
+        .unwrap();
+    engine
+        .perform(
+            &admin,
+            &Origin::default(),
+            Action::CreateUser(NewUser {
+                name: Name::parse("name", "tina").unwrap(),
+                roles: vec![Role::Developer],
+                teams: vec![Name::parse("team", "tiny").unwrap()],
+            }),
+        )
+        .await
+        .unwrap();
+    let tina = {
+        let Reply::Users(users) = engine
+            .perform(&admin, &Origin::default(), Action::ListUsers)
+            .await
+            .unwrap()
+        else {
+            panic!()
+        };
+        let user = users
+            .into_iter()
+            .find(|user| user.name.as_str() == "tina")
+            .unwrap();
+        Principal {
+            user,
+            credential: admin.credential.clone(),
+            scopes: vec![Scope::Read, Scope::Write],
+        }
+    };
+    let refused = create(&engine, &tina, NewEnvironment::default(), None).await;
+    assert!(
+        matches!(refused, Err(Error::QuotaExceeded(_))),
+        "{refused:?}"
+    );
+
+    // A smaller pool after a restart sheds its surplus.
+    let smaller = engine_with(store.clone(), runtime.clone(), 1).await;
+    let report = smaller.refill_pool().await.unwrap();
+    assert_eq!(report.removed.len(), 2);
+    assert_eq!(runtime.list().await.unwrap().len(), 4);
+}
+
+async fn engine_with(store: Arc<SqliteStore>, runtime: Arc<FakeRuntime>, size: u32) -> Engine {
+    let engine = engine(store, runtime, size);
+    engine.prepare_pool().await.unwrap();
+    engine
+}
