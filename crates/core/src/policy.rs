@@ -47,9 +47,11 @@ pub fn required_scope(action: &Action) -> Scope {
     }
 }
 
-/// Whether an action is exempt from rate limits: ending access must always get through.
+/// Whether an action is exempt from rate limits: ending access and administering the server
+/// must always get through, also in the middle of a burst.
 pub fn never_limited(action: &Action) -> bool {
     matches!(action, Action::RevokeToken(_) | Action::RevokeAccess { .. })
+        || required_scope(action) == Scope::Admin
 }
 
 /// Refuses an action the credential is not scoped for.
