@@ -21,6 +21,7 @@ use crate::stats::Report;
 /// A running `airlock server` started by the benchmark.
 pub struct Server {
     child: Child,
+    binary: PathBuf,
     pub address: SocketAddr,
     pub token: String,
     pub data_dir: PathBuf,
@@ -30,6 +31,16 @@ impl Server {
     /// Starts `binary server` on `data_dir` (which must not exist yet) listening on an
     /// ephemeral port of 127.0.0.1, and waits for "airlock listening on http://…".
     pub async fn start(binary: &Path, data_dir: &Path, log: &Path) -> Result<Self> {
+        Self::start_with(binary, data_dir, log, &[]).await
+    }
+
+    /// [`Server::start`] with more `airlock server` flags (e.g. `--rate-limit 100/s`).
+    pub async fn start_with(
+        binary: &Path,
+        data_dir: &Path,
+        log: &Path,
+        flags: &[String],
+    ) -> Result<Self> {
         if data_dir.exists() {
             bail!("the data directory {} already exists", data_dir.display());
         }
@@ -41,6 +52,7 @@ impl Server {
             .arg(data_dir)
             .arg("--listen")
             .arg("127.0.0.1:0")
+            .args(flags)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(log_file)
@@ -72,6 +84,7 @@ impl Server {
             .to_owned();
         Ok(Self {
             child,
+            binary: binary.to_owned(),
             address,
             token,
             data_dir: data_dir.to_owned(),
@@ -84,6 +97,11 @@ impl Server {
             endpoint: Endpoint::Tcp(self.address),
             token: self.token.clone(),
         }
+    }
+
+    /// The server's process id, while it runs.
+    pub fn pid(&self) -> Option<i32> {
+        self.child.id().map(|pid| pid as i32)
     }
 
     /// The server process's resident memory and thread count, from `/proc`.
@@ -116,7 +134,7 @@ impl Server {
 
     /// The cgroup parent of this server's sandboxes: `/airlock/` and the first 6 bytes of the
     /// SHA-256 of the runtime root, in hex (as `airlock-runtime` derives it).
-    fn cgroup_parent(&self) -> String {
+    pub fn cgroup_parent(&self) -> String {
         let digest = Sha256::digest(self.runtime_root().to_string_lossy().as_bytes());
         let instance: String = digest.iter().take(6).map(|b| format!("{b:02x}")).collect();
         format!("/airlock/{instance}")
@@ -141,6 +159,34 @@ impl Server {
         }
         let _ = self.child.wait().await;
 
+        // Sandboxes no environment of ours owns (a warm pool's) are not deleted through the
+        // API: `airlock purge` destroys whatever sandboxes the data directory still has.
+        let state = runtime_root.join("state");
+        let left = std::fs::read_dir(&state).map_or(0, |entries| entries.count());
+        // `airlock purge` also removes the cgroup parent.
+        let purged = left > 0;
+        if purged {
+            let outcome = Command::new(&self.binary)
+                .arg("purge")
+                .arg("--data-dir")
+                .arg(&self.data_dir)
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status()
+                .await;
+            match outcome {
+                // A note either way: expected with a warm pool, a leak without one.
+                Ok(status) if status.success() => report.note(format!(
+                    "airlock cleanup: {left} sandbox(es) were left after every environment \
+                     was deleted through the API (a warm pool's, or leaked); `airlock purge` \
+                     destroyed them"
+                )),
+                Ok(status) => report.note(format!("airlock cleanup: `airlock purge` {status}")),
+                Err(error) => report.note(format!("airlock cleanup: `airlock purge`: {error}")),
+            }
+        }
+
         let leftovers = host::unmount_all_under(&self.data_dir);
         if !leftovers.is_empty() {
             report.note(format!(
@@ -149,7 +195,6 @@ impl Server {
                 leftovers[0].display()
             ));
         }
-        let state = runtime_root.join("state");
         if let Ok(entries) = std::fs::read_dir(&state) {
             let left: Vec<String> = entries
                 .flatten()
@@ -163,7 +208,7 @@ impl Server {
                 ));
             }
         }
-        if !host::cgroup_exists(&cgroup_parent) {
+        if !purged && !host::cgroup_exists(&cgroup_parent) {
             report.note(format!(
                 "airlock's cgroup parent {cgroup_parent} was not found: cleanup may have missed it"
             ));

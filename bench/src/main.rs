@@ -1,6 +1,7 @@
 //! `airlock-bench`: measures airlock's create->ready, exec and delete latencies through its
 //! HTTP API, breaks airlock's time down by layer, and does the same work with podman's REST API
-//! on the same machine in the same run; prints one table (and optionally writes JSON).
+//! on the same machine in the same run; prints one table (and optionally writes JSON). With
+//! `--load` it also runs the load scenario (bursts of creates, memory per idle environment).
 //!
 //! Everything runs against 127.0.0.1 and unix sockets, in a scratch directory that is removed
 //! at the end, with every sandbox deleted through its own API before its server stops. There
@@ -10,6 +11,8 @@ mod airlock;
 mod breakdown;
 mod host;
 mod http;
+mod load;
+mod memory;
 mod podman;
 mod scenario;
 mod stats;
@@ -21,6 +24,7 @@ use anyhow::{Context, Result, bail};
 use clap::{Parser, ValueEnum};
 use serde_json::json;
 
+use crate::load::{Burst, LoadPlan, LoadReport};
 use crate::podman::UsrMode;
 use crate::scenario::Plan;
 use crate::stats::Report;
@@ -72,6 +76,41 @@ struct Args {
     /// logs are kept (in the temp directory) only when something went wrong.
     #[arg(long)]
     logs: Option<PathBuf>,
+    /// Skip the lifecycle suite (serial and concurrent create, exec, delete, breakdown).
+    #[arg(long)]
+    skip_lifecycle: bool,
+    /// Also run the load scenario: bursts of creates, memory per idle environment.
+    #[arg(long)]
+    load: bool,
+    /// Bursts as CREATESxCLIENTS, with the rate limit out of the way (`none`: no bursts).
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "100x20,100x50,500x20,500x50"
+    )]
+    load_bursts: Vec<String>,
+    /// Bursts against airlock's default per-principal rate limit (`none`: skip).
+    #[arg(long, value_delimiter = ',', default_value = "500x50")]
+    load_rate_limited_bursts: Vec<String>,
+    /// Live idle environments at which memory is measured (`none`: skip).
+    #[arg(long, value_delimiter = ',', default_value = "100,1000")]
+    load_idle: Vec<String>,
+    /// Also run bursts against `airlock server --warm-pool N`.
+    #[arg(long)]
+    load_warm_pool: Option<usize>,
+    /// The bursts of the warm-pool run.
+    #[arg(long, value_delimiter = ',', default_value = "500x20,500x50")]
+    load_warm_pool_bursts: Vec<String>,
+    /// Seconds to let things settle before memory is read.
+    #[arg(long, default_value_t = 10)]
+    load_settle: u64,
+    /// Seconds one API call of the load scenario may take before it counts as a timeout.
+    #[arg(long, default_value_t = 60)]
+    load_timeout: u64,
+    /// Do not drop the page cache before the idle-memory baseline (by default it is dropped
+    /// so that memory cgroups of sandboxes deleted earlier are gone before measuring).
+    #[arg(long)]
+    load_keep_caches: bool,
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -124,6 +163,14 @@ async fn run(args: Args) -> Result<()> {
         .airlock_bin
         .canonicalize()
         .with_context(|| format!("the airlock binary {}", args.airlock_bin.display()))?;
+    let load_plan = if args.load {
+        Some(load_plan(&args)?)
+    } else {
+        None
+    };
+    if args.skip_lifecycle && load_plan.is_none() {
+        bail!("--skip-lifecycle without --load leaves nothing to measure");
+    }
     let plan = Plan {
         warmup: args.warmup,
         iterations: args.iterations.max(1),
@@ -140,8 +187,19 @@ async fn run(args: Args) -> Result<()> {
         .with_context(|| format!("creating the scratch directory {}", scratch.display()))?;
 
     let mut report = Report::default();
+    let mut load = LoadReport::default();
     let mut context = vec![format!("airlock: {}", airlock_version(&binary))];
-    let outcome = measure_all(&args, &binary, &plan, &scratch, &mut report, &mut context).await;
+    let outcome = measure_all(
+        &args,
+        &binary,
+        &plan,
+        load_plan.as_ref(),
+        &scratch,
+        &mut report,
+        &mut load,
+        &mut context,
+    )
+    .await;
 
     let kept = match &args.logs {
         Some(dir) => Some(dir.clone()),
@@ -168,18 +226,30 @@ async fn run(args: Args) -> Result<()> {
     for line in &context {
         println!("  {line}");
     }
-    println!(
-        "  plan: warm-up {}, serial create->ready {}, exec {} (serial, then over {} clients), \
-         concurrent create->ready {} over {} clients",
-        plan.warmup,
-        plan.iterations,
-        plan.exec_iterations,
-        plan.concurrency,
-        plan.concurrent_total,
-        plan.concurrency
-    );
+    for line in &load.context {
+        println!("  {line}");
+    }
+    if !args.skip_lifecycle {
+        println!(
+            "  plan: warm-up {}, serial create->ready {}, exec {} (serial, then over {} clients), \
+             concurrent create->ready {} over {} clients",
+            plan.warmup,
+            plan.iterations,
+            plan.exec_iterations,
+            plan.concurrency,
+            plan.concurrent_total,
+            plan.concurrency
+        );
+    }
+    if let Some(load_plan) = &load_plan {
+        println!("  load plan: {load_plan:?}");
+    }
     println!();
     print!("{}", report.table());
+    if !load.is_empty() {
+        println!();
+        print!("{}", load.table());
+    }
     if !report.notes.is_empty() {
         println!();
         for note in &report.notes {
@@ -196,21 +266,79 @@ async fn run(args: Args) -> Result<()> {
                 "concurrent_total": plan.concurrent_total,
                 "breakdown_iterations": args.breakdown_iterations,
                 "podman_usr": format!("{:?}", args.podman_usr).to_lowercase(),
+                "skip_lifecycle": args.skip_lifecycle,
+                "load": load_plan.as_ref().map(|plan| format!("{plan:?}")),
             },
         });
-        std::fs::write(path, serde_json::to_vec_pretty(&report.to_json(context))?)
+        let mut results = report.to_json(context);
+        if load_plan.is_some() {
+            results["load"] = load.to_json();
+        }
+        std::fs::write(path, serde_json::to_vec_pretty(&results)?)
             .with_context(|| format!("writing {}", path.display()))?;
     }
     outcome
 }
 
-/// airlock, then podman with each runtime; stops at the first failure or on Ctrl-C, always
-/// cleaning up the system it was measuring.
+/// airlock, then podman with each runtime (the lifecycle suite, then the load scenario of
+/// each); stops at the first failure or on Ctrl-C, always cleaning up the system it was
+/// measuring.
+#[allow(clippy::too_many_arguments)]
 async fn measure_all(
     args: &Args,
     binary: &Path,
     plan: &Plan,
+    load_plan: Option<&LoadPlan>,
     scratch: &Path,
+    report: &mut Report,
+    load: &mut LoadReport,
+    context: &mut Vec<String>,
+) -> Result<()> {
+    let tarball = scratch.join("rootfs.tar");
+    if !args.skip_lifecycle {
+        measure_airlock(args, binary, plan, scratch, &tarball, report, context).await?;
+    }
+    if let Some(load_plan) = load_plan {
+        let tarball = (!args.skip_podman).then_some(tarball.as_path());
+        load::measure_airlock(binary, scratch, tarball, load_plan, load, report).await?;
+    }
+    if args.skip_podman {
+        return Ok(());
+    }
+    let usr = match args.podman_usr {
+        UsrArg::Overlay => UsrMode::Overlay,
+        UsrArg::Bind => UsrMode::Bind,
+    };
+    for runtime in &args.podman_runtimes {
+        let runtime = runtime.as_str();
+        if !args.skip_lifecycle {
+            measure_podman(runtime, usr, plan, scratch, &tarball, report, context).await?;
+        }
+        if let Some(load_plan) = load_plan {
+            load::measure_podman(
+                runtime,
+                usr,
+                scratch,
+                Path::new(PODMAN_SOCKET),
+                &tarball,
+                load_plan,
+                load,
+                report,
+            )
+            .await?;
+        }
+    }
+    Ok(())
+}
+
+/// The lifecycle suite (and the breakdown) against a fresh airlock server; also makes the
+/// podman image's `tarball` from its image skeleton unless podman is skipped.
+async fn measure_airlock(
+    args: &Args,
+    binary: &Path,
+    plan: &Plan,
+    scratch: &Path,
+    tarball: &Path,
     report: &mut Report,
     context: &mut Vec<String>,
 ) -> Result<()> {
@@ -221,11 +349,10 @@ async fn measure_all(
         server.address,
         data_dir.display()
     );
-    let tarball = scratch.join("rootfs.tar");
     let prepared = if args.skip_podman {
         Ok(())
     } else {
-        podman_rootfs(&server.runtime_root(), scratch, &tarball)
+        podman_rootfs(&server.runtime_root(), scratch, tarball)
     };
     let api = server.api();
     let breakdown_scratch = scratch.join("breakdown");
@@ -263,43 +390,43 @@ async fn measure_all(
     ));
     eprintln!("[airlock] cleanup");
     server.shut_down(report).await;
-    measured.context("measuring airlock")?;
+    measured.context("measuring airlock")
+}
 
-    if args.skip_podman {
-        return Ok(());
+/// The lifecycle suite against a fresh podman service running containers with `runtime`.
+async fn measure_podman(
+    runtime: &str,
+    usr: UsrMode,
+    plan: &Plan,
+    scratch: &Path,
+    tarball: &Path,
+    report: &mut Report,
+    context: &mut Vec<String>,
+) -> Result<()> {
+    let dir = scratch.join(format!("podman-{runtime}"));
+    let log = scratch.join(format!("podman-{runtime}.log"));
+    let mut service = podman::Service::start(runtime, &dir, Path::new(PODMAN_SOCKET), &log)
+        .await
+        .with_context(|| format!("starting podman with {runtime}"))?;
+    let measured = async {
+        let version = service.versions().await?;
+        eprintln!("[podman ({runtime})] {version}");
+        context.push(format!("podman ({runtime}): {version}"));
+        service.import_image(tarball).await?;
+        let api = service.api(usr);
+        let before = host::cpu_snapshot();
+        let result =
+            interruptible(scenario::run_suite(&api, plan, report, async |_, _| Ok(()))).await;
+        context.push(format!(
+            "podman ({runtime}) phase: {}",
+            host::cpu_load_between(before, host::cpu_snapshot())
+        ));
+        result
     }
-    let usr = match args.podman_usr {
-        UsrArg::Overlay => UsrMode::Overlay,
-        UsrArg::Bind => UsrMode::Bind,
-    };
-    for runtime in &args.podman_runtimes {
-        let runtime = runtime.as_str();
-        let dir = scratch.join(format!("podman-{runtime}"));
-        let log = scratch.join(format!("podman-{runtime}.log"));
-        let mut service = podman::Service::start(runtime, &dir, Path::new(PODMAN_SOCKET), &log)
-            .await
-            .with_context(|| format!("starting podman with {runtime}"))?;
-        let measured = async {
-            let version = service.versions().await?;
-            eprintln!("[podman ({runtime})] {version}");
-            context.push(format!("podman ({runtime}): {version}"));
-            service.import_image(&tarball).await?;
-            let api = service.api(usr);
-            let before = host::cpu_snapshot();
-            let result =
-                interruptible(scenario::run_suite(&api, plan, report, async |_, _| Ok(()))).await;
-            context.push(format!(
-                "podman ({runtime}) phase: {}",
-                host::cpu_load_between(before, host::cpu_snapshot())
-            ));
-            result
-        }
-        .await;
-        eprintln!("[podman ({runtime})] cleanup");
-        service.shut_down(report).await;
-        measured.with_context(|| format!("measuring podman with {runtime}"))?;
-    }
-    Ok(())
+    .await;
+    eprintln!("[podman ({runtime})] cleanup");
+    service.shut_down(report).await;
+    measured.with_context(|| format!("measuring podman with {runtime}"))
 }
 
 /// Runs `work` unless Ctrl-C (or SIGTERM) comes first.
@@ -310,6 +437,39 @@ async fn interruptible(work: impl std::future::Future<Output = Result<()>>) -> R
         _ = tokio::signal::ctrl_c() => bail!("interrupted"),
         _ = terminate.recv() => bail!("terminated"),
     }
+}
+
+/// The load scenario's plan from the command line.
+fn load_plan(args: &Args) -> Result<LoadPlan> {
+    let bursts = |list: &[String]| -> Result<Vec<Burst>> {
+        list.iter()
+            .filter(|item| !item.is_empty() && item.as_str() != "none")
+            .map(|item| item.parse::<Burst>().map_err(anyhow::Error::msg))
+            .collect()
+    };
+    let mut idle_counts = args
+        .load_idle
+        .iter()
+        .filter(|item| !item.is_empty() && item.as_str() != "none")
+        .map(|item| {
+            item.parse::<usize>()
+                .with_context(|| format!("--load-idle {item:?}"))
+        })
+        .collect::<Result<Vec<_>>>()?;
+    idle_counts.retain(|n| *n > 0);
+    idle_counts.sort_unstable();
+    Ok(LoadPlan {
+        bursts: bursts(&args.load_bursts).context("--load-bursts")?,
+        rate_limited_bursts: bursts(&args.load_rate_limited_bursts)
+            .context("--load-rate-limited-bursts")?,
+        warm_pool: args.load_warm_pool,
+        warm_pool_bursts: bursts(&args.load_warm_pool_bursts).context("--load-warm-pool-bursts")?,
+        idle_counts,
+        settle: std::time::Duration::from_secs(args.load_settle),
+        request_timeout: std::time::Duration::from_secs(args.load_timeout.max(1)),
+        warmup: args.warmup,
+        drop_caches: !args.load_keep_caches,
+    })
 }
 
 /// The podman image's root: airlock's own default-image skeleton (the same `/etc` allowlist

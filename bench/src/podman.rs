@@ -28,7 +28,7 @@ use crate::scenario::System;
 use crate::stats::Report;
 
 /// The libpod API version the requests are written against (podman 4.x).
-const API: &str = "/v4.0.0/libpod";
+pub(crate) const API: &str = "/v4.0.0/libpod";
 
 /// The image the benchmark imports.
 const IMAGE: &str = "localhost/airlock-bench:latest";
@@ -151,6 +151,16 @@ impl Service {
         Client::new(Endpoint::Unix(self.socket.clone()), Vec::new())
     }
 
+    /// The service's process id, while it runs.
+    pub fn pid(&self) -> Option<i32> {
+        self.child.id().map(|pid| pid as i32)
+    }
+
+    /// podman's storage root (`--root`): every conmon of this service names it.
+    pub fn storage_dir(&self) -> PathBuf {
+        self.dir.join("storage")
+    }
+
     /// podman's and the runtime's versions, e.g. "podman 4.3.1, crun 1.8.1".
     pub async fn versions(&self) -> Result<String> {
         let info = self
@@ -214,6 +224,7 @@ impl Service {
             usr,
             nofile: hard("Max open files", host::hard_rlimit(libc::RLIMIT_NOFILE)),
             nproc: hard("Max processes", host::hard_rlimit(libc::RLIMIT_NPROC)),
+            memory_mib: 512,
         }
     }
 
@@ -342,11 +353,18 @@ pub struct Podman {
     usr: UsrMode,
     nofile: u64,
     nproc: u64,
+    memory_mib: u64,
 }
 
 impl Podman {
+    /// The same API with containers limited to `mib` of memory.
+    pub fn with_memory_mib(mut self, mib: u64) -> Self {
+        self.memory_mib = mib;
+        self
+    }
+
     /// The container spec: the same init, limits and namespaces as an airlock environment.
-    fn spec(&self) -> Value {
+    pub(crate) fn spec(&self) -> Value {
         let mut spec = json!({
             "image": IMAGE,
             "command": ["/.airlock/init"],
@@ -357,7 +375,7 @@ impl Podman {
                 { "type": "nproc", "soft": self.nproc, "hard": self.nproc },
             ],
             "resource_limits": {
-                "memory": { "limit": 512u64 * 1024 * 1024 },
+                "memory": { "limit": self.memory_mib * 1024 * 1024 },
                 "cpu": { "quota": 100_000, "period": 100_000 },
                 "pids": { "limit": 512 },
             },
