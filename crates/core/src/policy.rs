@@ -213,6 +213,18 @@ impl Limits {
         Ok(resources)
     }
 
+    /// The size of a page of a listing: 50 unless asked, at most `max_page_size`.
+    pub fn page_size(&self, asked: Option<u32>) -> Result<u32, Invalid> {
+        let limit = asked.unwrap_or(50);
+        if limit == 0 || limit > self.max_page_size {
+            return Err(Invalid::new(
+                "limit",
+                format!("must be between 1 and {}", self.max_page_size),
+            ));
+        }
+        Ok(limit)
+    }
+
     /// `Some(0)` is "never"; absent is the default.
     pub fn idle_timeout(&self, seconds: Option<u64>) -> Result<Option<Duration>, Invalid> {
         match seconds {

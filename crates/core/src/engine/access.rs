@@ -209,14 +209,7 @@ impl Engine {
             "access.list"
         };
         self.require(principal, action, &Resource::Server)?;
-        let limit = query.limit.unwrap_or(50);
-        if limit == 0 || limit > self.limits.max_page_size {
-            return Err(Invalid::new(
-                "limit",
-                format!("must be between 1 and {}", self.limits.max_page_size),
-            )
-            .into());
-        }
+        let limit = self.limits.page_size(query.limit)?;
         let mut items = self
             .store
             .list_access_requests(&AccessQuery {
@@ -226,12 +219,7 @@ impl Engine {
                 limit: limit + 1,
             })
             .await?;
-        let next = if items.len() > limit as usize {
-            items.truncate(limit as usize);
-            items.last().map(|request| request.id.clone())
-        } else {
-            None
-        };
+        let next = super::cut_page(&mut items, limit, |request| request.id.clone());
         Ok(Reply::AccessRequests { items, next })
     }
 

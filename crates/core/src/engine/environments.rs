@@ -288,14 +288,7 @@ impl Engine {
             "environment.list"
         };
         self.require(principal, action, &Resource::Server)?;
-        let limit = query.limit.unwrap_or(50);
-        if limit == 0 || limit > self.limits.max_page_size {
-            return Err(Invalid::new(
-                "limit",
-                format!("must be between 1 and {}", self.limits.max_page_size),
-            )
-            .into());
-        }
+        let limit = self.limits.page_size(query.limit)?;
         let live: Vec<EnvState> = EnvState::ALL
             .into_iter()
             .filter(|state| *state != EnvState::Deleted)
@@ -311,12 +304,7 @@ impl Engine {
                 ..Default::default()
             })
             .await?;
-        let next = if items.len() > limit as usize {
-            items.truncate(limit as usize);
-            items.last().map(|environment| environment.id.clone())
-        } else {
-            None
-        };
+        let next = super::cut_page(&mut items, limit, |environment| environment.id.clone());
         Ok(Reply::Environments { items, next })
     }
 

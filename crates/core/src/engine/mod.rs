@@ -441,6 +441,17 @@ impl Engine {
     }
 }
 
+/// Keeps the first `limit` of `items` (fetched as `limit + 1`) and returns the cursor of the
+/// next page: the last kept item's id, when more followed.
+fn cut_page<T, Id>(items: &mut Vec<T>, limit: u32, id: impl Fn(&T) -> Id) -> Option<Id> {
+    if items.len() > limit as usize {
+        items.truncate(limit as usize);
+        items.last().map(id)
+    } else {
+        None
+    }
+}
+
 /// The default secret reader: a server without one cannot deliver secrets.
 struct NoSecrets;
 
