@@ -32,6 +32,7 @@ use cedar_policy::{
 };
 use miette::Diagnostic;
 
+use crate::ids::Name;
 use crate::model::{Party, Role};
 
 /// Who is asking: the authenticated principal with its roles and teams.
@@ -40,8 +41,7 @@ pub struct Subject<'a> {
     /// The user id, e.g. `usr_01h...`.
     pub user: &'a str,
     pub roles: &'a [Role],
-    /// Team names.
-    pub teams: &'a [String],
+    pub teams: &'a [Name],
 }
 
 /// An access profile as far as policies care: its name and who may request and approve it.
@@ -705,7 +705,7 @@ when { resource.requester == principal };
             .roles
             .iter()
             .map(|role| names.role(*role))
-            .chain(subject.teams.iter().map(|team| names.team(team)))
+            .chain(subject.teams.iter().map(|team| names.team(team.as_str())))
             .collect();
         let mut entities = Vec::with_capacity(3);
         entities.push(Entity::new_no_attrs(principal.clone(), parents));
@@ -996,7 +996,7 @@ mod tests {
         ]
     }
 
-    fn subject<'a>(roles: &'a [Role], teams: &'a [String]) -> Subject<'a> {
+    fn subject<'a>(roles: &'a [Role], teams: &'a [Name]) -> Subject<'a> {
         Subject {
             user: ME,
             roles,
@@ -1216,10 +1216,10 @@ mod tests {
             requesters: &me,
             approvers: APPROVERS,
         });
-        let in_payments = ["payments".to_owned()];
-        let in_search = ["search".to_owned()];
+        let in_payments = [Name::parse("team", "payments").unwrap()];
+        let in_search = [Name::parse("team", "search").unwrap()];
         let developer = [Role::Developer];
-        let ask = |teams: &[String], roles: &[Role], profile: &Resource<'_>| {
+        let ask = |teams: &[Name], roles: &[Role], profile: &Resource<'_>| {
             DEFAULTS.is_allowed(&subject(roles, teams), "access.request", profile)
         };
 
@@ -1250,7 +1250,7 @@ mod tests {
         let admins = [Party::Role(Role::Admin)];
         let sre = [team("sre")];
         let me = [user(ME)];
-        let in_sre = ["sre".to_owned()];
+        let in_sre = [Name::parse("team", "sre").unwrap()];
 
         // The admin role decides only where a profile names it.
         check(
@@ -1631,7 +1631,7 @@ when { resource.colour == "red" };
             false,
         )
         .unwrap();
-        let teams = ["payments".to_owned()];
+        let teams = [Name::parse("team", "payments").unwrap()];
         for authorizer in [&*DEFAULTS, &extended] {
             for role in Role::ALL {
                 let roles = [role];

@@ -376,16 +376,10 @@ impl Engine {
 
     /// Whether the policies allow `principal` to do `action` to `resource`.
     pub(super) fn allows(&self, principal: &Principal, action: &str, resource: &Resource) -> bool {
-        let teams: Vec<String> = principal
-            .user
-            .teams
-            .iter()
-            .map(|team| team.to_string())
-            .collect();
         let subject = Subject {
             user: principal.user.id.as_str(),
             roles: &principal.user.roles,
-            teams: &teams,
+            teams: &principal.user.teams,
         };
         self.authorizer.is_allowed(&subject, action, resource)
     }
