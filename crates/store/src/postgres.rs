@@ -7,7 +7,9 @@ use std::time::Duration;
 
 use airlock_core::access::{AccessProfile, AccessRequest, AccessState, Approved};
 use airlock_core::ids::{AccessRequestId, EnvironmentId, Name, TokenId, UserId};
-use airlock_core::model::{AuditEvent, EnvState, Environment, Quota, Team, TokenRecord, User};
+use airlock_core::model::{
+    AuditEvent, EnvState, Environment, Quota, Resources, Team, TokenRecord, User,
+};
 use airlock_core::ports::{
     AccessQuery, Ceilings, Claimed, EnvironmentQuery, Inserted, Store, StoreError,
 };
@@ -824,16 +826,7 @@ async fn check_ceilings(
                 .await
                 .map_err(backend)?;
         }
-        let row = sqlx::query(
-            "SELECT COUNT(*) AS environments, COALESCE(SUM(memory_mib), 0)::BIGINT AS memory_mib,
-                    COALESCE(SUM(millicpus), 0)::BIGINT AS millicpus
-             FROM environments WHERE team = $1 AND state NOT IN ('deleted', 'failed')",
-        )
-        .bind(team.as_str())
-        .fetch_one(&mut *connection)
-        .await
-        .map_err(backend)?;
-        let (count, used) = records::usage(&row)?;
+        let (count, used) = live_usage(connection, Some(team)).await?;
         if let Some(exceeded) = over_quota(quota, count, &used, &environment.resources) {
             return Ok(Some(Inserted::OverQuota(exceeded)));
         }
@@ -844,20 +837,35 @@ async fn check_ceilings(
             .execute(&mut *connection)
             .await
             .map_err(backend)?;
-        let row = sqlx::query(
-            "SELECT COUNT(*) AS environments, COALESCE(SUM(memory_mib), 0)::BIGINT AS memory_mib,
-                    COALESCE(SUM(millicpus), 0)::BIGINT AS millicpus
-             FROM environments WHERE state NOT IN ('deleted', 'failed')",
-        )
-        .fetch_one(&mut *connection)
-        .await
-        .map_err(backend)?;
-        let (count, used) = records::usage(&row)?;
+        let (count, used) = live_usage(connection, None).await?;
         if let Some(exceeded) = over_quota(capacity, count, &used, &environment.resources) {
             return Ok(Some(Inserted::OverCapacity(exceeded)));
         }
     }
     Ok(None)
+}
+
+/// How many live environments (not deleted or failed) there are, of one team or all, and
+/// their memory and CPU limits added up (PostgreSQL's SUM of BIGINT is NUMERIC: cast back).
+async fn live_usage(
+    connection: &mut PgConnection,
+    team: Option<&Name>,
+) -> Result<(u64, Resources), StoreError> {
+    const LIVE: &str = "SELECT COUNT(*) AS environments,
+                COALESCE(SUM(memory_mib), 0)::BIGINT AS memory_mib,
+                COALESCE(SUM(millicpus), 0)::BIGINT AS millicpus
+         FROM environments WHERE state NOT IN ('deleted', 'failed')";
+    let row = match team {
+        Some(team) => {
+            sqlx::query(&format!("{LIVE} AND team = $1"))
+                .bind(team.as_str())
+                .fetch_one(&mut *connection)
+                .await
+        }
+        None => sqlx::query(LIVE).fetch_one(&mut *connection).await,
+    }
+    .map_err(backend)?;
+    records::usage(&row)
 }
 
 /// ` AND state IN (…)`; an empty list matches nothing, as on SQLite.

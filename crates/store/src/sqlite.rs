@@ -7,7 +7,9 @@ use std::time::Duration;
 
 use airlock_core::access::{AccessProfile, AccessRequest, AccessState, Approval, Approved};
 use airlock_core::ids::{AccessRequestId, EnvironmentId, Name, TokenId, UserId};
-use airlock_core::model::{AuditEvent, EnvState, Environment, Quota, Team, TokenRecord, User};
+use airlock_core::model::{
+    AuditEvent, EnvState, Environment, Quota, Resources, Team, TokenRecord, User,
+};
 use airlock_core::ports::{
     AccessQuery, Ceilings, Claimed, EnvironmentQuery, Inserted, Store, StoreError,
 };
@@ -323,7 +325,7 @@ impl Store for SqliteStore {
         let mut tx = self.pool.begin().await.map_err(backend)?;
         // A write first takes SQLite's write lock: claims run one after the other.
         sqlx::query(
-            "INSERT INTO settings (key, value) VALUES ('warm_pool', '')
+            "INSERT INTO settings (key, value) VALUES ('create_lock', '')
              ON CONFLICT (key) DO UPDATE SET value = ''",
         )
         .execute(&mut *tx)
@@ -793,55 +795,60 @@ async fn claim_key(
 }
 
 /// Counts the team's and the host's live environments; the refusal if `environment` does not
-/// fit. Each count starts with a write, taking SQLite's write lock (the whole database) at
-/// once, so concurrent creates count one after the other and never both take the last slot.
+/// fit. A write first takes SQLite's write lock (the whole database) at once, so concurrent
+/// creates count one after the other and never both take the last slot.
 async fn check_ceilings(
     connection: &mut SqliteConnection,
     environment: &Environment,
     ceilings: &Ceilings,
 ) -> Result<Option<Inserted>, StoreError> {
-    if let (Some(team), Some(quota)) = (&environment.team, &ceilings.team) {
-        sqlx::query("UPDATE teams SET name = name WHERE name = ?")
-            .bind(team.as_str())
-            .execute(&mut *connection)
-            .await
-            .map_err(backend)?;
-        let row = sqlx::query(
-            "SELECT COUNT(*) AS environments, COALESCE(SUM(memory_mib), 0) AS memory_mib,
-                    COALESCE(SUM(millicpus), 0) AS millicpus
-             FROM environments WHERE team = ? AND state NOT IN ('deleted', 'failed')",
-        )
-        .bind(team.as_str())
-        .fetch_one(&mut *connection)
-        .await
-        .map_err(backend)?;
-        let (count, used) = records::usage(&row)?;
+    let team = environment.team.as_ref().zip(ceilings.team.as_ref());
+    if team.is_none() && ceilings.host.is_none() {
+        return Ok(None);
+    }
+    sqlx::query(
+        "INSERT INTO settings (key, value) VALUES ('create_lock', '')
+         ON CONFLICT (key) DO UPDATE SET value = ''",
+    )
+    .execute(&mut *connection)
+    .await
+    .map_err(backend)?;
+    if let Some((team, quota)) = team {
+        let (count, used) = live_usage(connection, Some(team)).await?;
         if let Some(exceeded) = over_quota(quota, count, &used, &environment.resources) {
             return Ok(Some(Inserted::OverQuota(exceeded)));
         }
     }
     if let Some(capacity) = &ceilings.host {
-        sqlx::query(
-            "INSERT INTO settings (key, value) VALUES ('host_capacity', '')
-             ON CONFLICT (key) DO UPDATE SET value = ''",
-        )
-        .execute(&mut *connection)
-        .await
-        .map_err(backend)?;
-        let row = sqlx::query(
-            "SELECT COUNT(*) AS environments, COALESCE(SUM(memory_mib), 0) AS memory_mib,
-                    COALESCE(SUM(millicpus), 0) AS millicpus
-             FROM environments WHERE state NOT IN ('deleted', 'failed')",
-        )
-        .fetch_one(&mut *connection)
-        .await
-        .map_err(backend)?;
-        let (count, used) = records::usage(&row)?;
+        let (count, used) = live_usage(connection, None).await?;
         if let Some(exceeded) = over_quota(capacity, count, &used, &environment.resources) {
             return Ok(Some(Inserted::OverCapacity(exceeded)));
         }
     }
     Ok(None)
+}
+
+/// How many live environments (not deleted or failed) there are, of one team or all, and
+/// their memory and CPU limits added up.
+async fn live_usage(
+    connection: &mut SqliteConnection,
+    team: Option<&Name>,
+) -> Result<(u64, Resources), StoreError> {
+    const LIVE: &str =
+        "SELECT COUNT(*) AS environments, COALESCE(SUM(memory_mib), 0) AS memory_mib,
+                COALESCE(SUM(millicpus), 0) AS millicpus
+         FROM environments WHERE state NOT IN ('deleted', 'failed')";
+    let row = match team {
+        Some(team) => {
+            sqlx::query(&format!("{LIVE} AND team = ?"))
+                .bind(team.as_str())
+                .fetch_one(&mut *connection)
+                .await
+        }
+        None => sqlx::query(LIVE).fetch_one(&mut *connection).await,
+    }
+    .map_err(backend)?;
+    records::usage(&row)
 }
 
 async fn read_access_request(
