@@ -9,7 +9,7 @@ use clap::Subcommand;
 use reqwest::Method;
 
 use crate::Connection;
-use crate::client::Client;
+use crate::client::{Client, path_segment};
 use crate::output::{
     print_access_request, print_access_requests, print_json, print_profile, print_profiles,
     print_teams,
@@ -164,24 +164,15 @@ pub async fn access(connection: &Connection, command: AccessCommand) -> Result<i
             show_decision(connection, &created);
         }
         AccessCommand::List { all, state } => {
-            let mut items = Vec::new();
-            let mut cursor: Option<String> = None;
-            loop {
-                let mut path = format!("/v1/access-requests?limit=200&all={all}");
-                if let Some(state) = &state {
-                    path.push_str(&format!("&state={state}"));
-                }
-                if let Some(cursor) = &cursor {
-                    path.push_str(&format!("&cursor={}", path_segment(cursor)));
-                }
-                let page: api::AccessRequestList =
-                    client.send(Method::GET, &path, None::<&()>, &[]).await?;
-                items.extend(page.items);
-                match page.next_cursor {
-                    Some(next) => cursor = Some(next),
-                    None => break,
-                }
+            let mut path = format!("/v1/access-requests?limit=200&all={all}");
+            if let Some(state) = &state {
+                path.push_str(&format!("&state={state}"));
             }
+            let items = client
+                .all_pages(&path, |page: api::AccessRequestList| {
+                    (page.items, page.next_cursor)
+                })
+                .await?;
             if connection.json {
                 print_json(&items);
             } else {
@@ -369,20 +360,6 @@ fn request_path(id: &str, action: &str) -> String {
     format!("/v1/access-requests/{}{action}", path_segment(id))
 }
 
-/// Percent-encodes a path segment or query value, so a typo such as `a/b` reaches the server
-/// as one (refused) name rather than another route.
-pub fn path_segment(text: &str) -> String {
-    let mut encoded = String::with_capacity(text.len());
-    for byte in text.bytes() {
-        if byte.is_ascii_alphanumeric() || matches!(byte, b'-' | b'_' | b'.' | b'~') {
-            encoded.push(byte as char);
-        } else {
-            encoded.push_str(&format!("%{byte:02X}"));
-        }
-    }
-    encoded
-}
-
 /// A length of time in seconds: `900s`, `30m`, `2h`, `1d`, or a plain number of seconds.
 pub fn parse_duration(text: &str) -> Result<u64, String> {
     let bad = || {
@@ -496,11 +473,5 @@ mod tests {
         assert!(parse_secret("env").unwrap_err().contains("key=value"));
         assert!(parse_secret("path=/x").unwrap_err().contains("unknown key"));
         assert!(parse_secret("env=A,env=B").unwrap_err().contains("twice"));
-    }
-
-    #[test]
-    fn path_segments_are_percent_encoded() {
-        assert_eq!(path_segment("acr_01ABC-x.y~z"), "acr_01ABC-x.y~z");
-        assert_eq!(path_segment("a/b?c"), "a%2Fb%3Fc");
     }
 }

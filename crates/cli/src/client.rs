@@ -1,5 +1,6 @@
 //! The HTTP client of the CLI: resolves where the server is and which token to use, and turns
-//! problem documents into readable errors.
+//! problem documents into readable errors; it follows listings page by page and encodes path
+//! segments.
 
 use std::path::PathBuf;
 
@@ -80,6 +81,29 @@ impl Client {
         response.json().await.context("reading the server's answer")
     }
 
+    /// Every page of the listing at `path` (which has a query string), following each page's
+    /// `next_cursor`; `page` splits a page into its items and that cursor.
+    pub async fn all_pages<P: DeserializeOwned, T>(
+        &self,
+        path: &str,
+        page: impl Fn(P) -> (Vec<T>, Option<String>),
+    ) -> Result<Vec<T>> {
+        let mut items = Vec::new();
+        let mut cursor: Option<String> = None;
+        loop {
+            let mut url = path.to_owned();
+            if let Some(cursor) = &cursor {
+                url.push_str(&format!("&cursor={}", path_segment(cursor)));
+            }
+            let (mut more, next) = page(self.send(Method::GET, &url, None::<&()>, &[]).await?);
+            items.append(&mut more);
+            match next {
+                Some(next) => cursor = Some(next),
+                None => return Ok(items),
+            }
+        }
+    }
+
     /// For answers without a body (204).
     pub async fn send_empty(&self, method: Method, path: &str) -> Result<()> {
         self.request(method, path, None::<&()>, &[])
@@ -120,5 +144,30 @@ impl Client {
             Err(_) if status == StatusCode::UNAUTHORIZED => bail!("the token was refused (401)"),
             Err(_) => bail!("the server answered {status}"),
         }
+    }
+}
+
+/// Percent-encodes a path segment or query value, so a typo such as `a/b` reaches the server
+/// as one (refused) name rather than another route.
+pub fn path_segment(text: &str) -> String {
+    let mut encoded = String::with_capacity(text.len());
+    for byte in text.bytes() {
+        if byte.is_ascii_alphanumeric() || matches!(byte, b'-' | b'_' | b'.' | b'~') {
+            encoded.push(byte as char);
+        } else {
+            encoded.push_str(&format!("%{byte:02X}"));
+        }
+    }
+    encoded
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn path_segments_are_percent_encoded() {
+        assert_eq!(path_segment("acr_01ABC-x.y~z"), "acr_01ABC-x.y~z");
+        assert_eq!(path_segment("a/b?c"), "a%2Fb%3Fc");
     }
 }

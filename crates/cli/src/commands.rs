@@ -9,7 +9,7 @@ use clap::Subcommand;
 use reqwest::Method;
 
 use crate::Connection;
-use crate::access::path_segment;
+use crate::client::path_segment;
 use crate::client::{Client, ConfigFile, config_path};
 use crate::output::{Spinner, print_environments, print_json, print_tokens, print_users};
 
@@ -221,21 +221,12 @@ pub async fn env(connection: &Connection, command: EnvCommand) -> Result<i32> {
             print_environment(connection, &environment?);
         }
         EnvCommand::List { all } => {
-            let mut items = Vec::new();
-            let mut cursor: Option<String> = None;
-            loop {
-                let mut path = format!("/v1/environments?limit=200&all={all}");
-                if let Some(cursor) = &cursor {
-                    path.push_str(&format!("&cursor={cursor}"));
-                }
-                let page: api::EnvironmentList =
-                    client.send(Method::GET, &path, None::<&()>, &[]).await?;
-                items.extend(page.items);
-                match page.next_cursor {
-                    Some(next) => cursor = Some(next),
-                    None => break,
-                }
-            }
+            let items = client
+                .all_pages(
+                    &format!("/v1/environments?limit=200&all={all}"),
+                    |page: api::EnvironmentList| (page.items, page.next_cursor),
+                )
+                .await?;
             if connection.json {
                 print_json(&items)
             } else {
