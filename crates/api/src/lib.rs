@@ -107,6 +107,7 @@ pub struct Environment {
     pub updated_at: DateTime<Utc>,
     /// When it is deleted, unless extended (`POST …/extend`).
     pub expires_at: DateTime<Utc>,
+    /// The last start, lease renewal, command or read (commands and reads kept to the minute).
     pub last_activity_at: DateTime<Utc>,
     /// Stopped after this many seconds without activity (absent: never).
     #[serde(default, skip_serializing_if = "Option::is_none")]

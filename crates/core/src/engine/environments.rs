@@ -456,7 +456,7 @@ impl Engine {
             )));
         }
         self.check_grant(&environment).await?;
-        self.store.touch_environment(id, self.now()).await?;
+        self.note_activity(&environment, false).await?;
         // A grant's variables are read at each command and take precedence over the caller's.
         for (name, value) in self.grant_env(&environment).await? {
             let value = String::from_utf8_lossy(value.expose()).into_owned();
@@ -574,11 +574,7 @@ impl Engine {
         id: &EnvironmentId,
     ) -> Result<Reply, Error> {
         let environment = self.load_for(principal, id, "environment.get").await?;
-        // A read is activity too, kept to the minute (reads are frequent, writes are not free).
-        let now = self.now();
-        if now - environment.last_activity_at >= chrono::Duration::minutes(1) {
-            self.store.touch_environment(id, now).await?;
-        }
+        self.note_activity(&environment, true).await?;
         let usage = match environment.state {
             EnvState::Running => self.runtime.usage(id).await.ok(),
             _ => None,
@@ -757,6 +753,22 @@ impl Engine {
             }
             _ => Ok(()),
         }
+    }
+
+    /// Records a command (or, with `read`, a read) as activity. Both are frequent and a write
+    /// is not free, so the time is kept to the minute; a command's to a quarter of the idle
+    /// timeout when that is shorter. Lease renewals and starts always write.
+    async fn note_activity(&self, environment: &Environment, read: bool) -> Result<(), Error> {
+        let mut resolution = chrono::Duration::minutes(1);
+        if let (false, Some(timeout)) = (read, environment.idle_timeout) {
+            let quarter = chrono::Duration::from_std(timeout / 4).unwrap_or(resolution);
+            resolution = resolution.min(quarter);
+        }
+        let now = self.now();
+        if now - environment.last_activity_at >= resolution {
+            self.store.touch_environment(&environment.id, now).await?;
+        }
+        Ok(())
     }
 
     /// The class a create waits in: under a grant, production access; by someone holding an
