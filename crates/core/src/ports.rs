@@ -307,6 +307,13 @@ pub trait Runtime: Send + Sync + 'static {
     async fn remnants(&self, id: &EnvironmentId) -> Result<Vec<Remnant>, RuntimeError>;
 }
 
+/// Sees every audit event once it is appended (metrics, alerts), with how long the append
+/// took. Called on the request path: implementations must not block (hand slow work to a
+/// queue of their own).
+pub trait AuditObserver: Send + Sync + 'static {
+    fn observe(&self, event: &AuditEvent, append_took: std::time::Duration);
+}
+
 /// Reads the values of access profiles' secrets on the server, at the moment they are needed.
 pub trait Secrets: Send + Sync + 'static {
     fn read(&self, source: &SecretSource) -> Result<SecretValue, String>;

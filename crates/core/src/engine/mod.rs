@@ -15,7 +15,7 @@ use crate::error::Error;
 use crate::ids::{EnvironmentId, Name, TokenId, UserId};
 use crate::model::{AuditEvent, Principal, Role, Scope, TokenRecord, User};
 use crate::policy::{self, Limits};
-use crate::ports::{Clock, Runtime, Secrets, Store};
+use crate::ports::{AuditObserver, Clock, Runtime, Secrets, Store};
 use crate::rate_limit::RateLimiter;
 use crate::secret::Secret;
 
@@ -74,6 +74,8 @@ pub struct Engine {
     pool_owner: std::sync::OnceLock<UserId>,
     /// Woken when a claim took a warm sandbox, so the pool is refilled at once.
     pool_refill: tokio::sync::Notify,
+    /// Told of every audit event once it is appended.
+    observers: Vec<Arc<dyn AuditObserver>>,
 }
 
 impl Engine {
@@ -99,7 +101,14 @@ impl Engine {
             rate_limiter: RateLimiter::default(),
             pool_owner: std::sync::OnceLock::new(),
             pool_refill: tokio::sync::Notify::new(),
+            observers: Vec::new(),
         }
+    }
+
+    /// Tells `observer` of every audit event from now on.
+    pub fn with_observer(mut self, observer: Arc<dyn AuditObserver>) -> Self {
+        self.observers.push(observer);
+        self
     }
 
     /// Uses these policies instead of the built-in ones alone.
@@ -301,8 +310,13 @@ impl Engine {
             source: origin.source.clone(),
             detail,
         };
+        let started = std::time::Instant::now();
         if let Err(error) = self.store.append_audit(&event).await {
             tracing::error!(%error, action, "failed to write audit event");
+        }
+        let took = started.elapsed();
+        for observer in &self.observers {
+            observer.observe(&event, took);
         }
     }
 
