@@ -80,6 +80,11 @@ prefixed_id!(
     AccessRequestId,
     "acr_"
 );
+prefixed_id!(
+    /// Identifies one session: a shell, a streamed command, a port forward or a copy.
+    SessionId,
+    "ses_"
+);
 
 /// A DNS-label-like name: 1–63 of `a-z`, `0-9`, `-`, not starting or ending with `-`.
 /// Used for environment names (also the sandbox's hostname), user names and image names.

@@ -13,6 +13,7 @@ pub mod policy;
 pub mod ports;
 pub mod rate_limit;
 pub mod secret;
+pub mod session;
 
 pub use action::{Action, Reply};
 pub use engine::{

@@ -1,15 +1,18 @@
 //! The narrow traits through which the core reaches the world: the store, the sandbox runtime
 //! and the clock. Each has a real implementation elsewhere and a faithful fake for unit tests.
 
+use std::pin::Pin;
 use std::sync::Mutex;
 
 use async_trait::async_trait;
+use tokio::io::{AsyncRead, AsyncWrite};
 use chrono::{DateTime, Utc};
 
 use crate::access::{
     AccessProfile, AccessRequest, AccessState, Approved, SandboxFile, SecretSource, SecretValue,
 };
 use crate::ids::{AccessRequestId, EnvironmentId, Name, TokenId, UserId};
+use crate::session::{Signal, TerminalSize};
 use crate::model::{
     AuditEvent, EnvState, Environment, ExecOutput, ExecSpec, NetworkMode, Quota, Resources, Team,
     TokenRecord, Usage, User,
@@ -222,6 +225,63 @@ pub enum RuntimeError {
     Missing,
     #[error("{0}")]
     Failed(String),
+    /// A path inside the sandbox could not be used (missing, a directory, refused); the
+    /// string says why in words fit for the caller.
+    #[error("{0}")]
+    Path(String),
+    /// More bytes than allowed were offered; nothing was kept.
+    #[error("larger than the limit of {0} bytes")]
+    TooLarge(u64),
+    /// Nothing listens on that port inside the sandbox.
+    #[error("nothing accepts connections on port {0} in the environment")]
+    PortClosed(u16),
+}
+
+/// A command started in a sandbox whose streams the caller drives (a session).
+#[derive(Debug, Clone)]
+pub struct ProcessSpec {
+    pub argv: Vec<String>,
+    pub env: std::collections::BTreeMap<String, String>,
+    pub cwd: Option<String>,
+    /// Run it on a terminal of this size: then stdout carries stdout and stderr both, and the
+    /// terminal's line discipline turns ^C into SIGINT.
+    pub tty: Option<TerminalSize>,
+}
+
+/// A byte stream in or out of a sandbox.
+pub type Reader = Pin<Box<dyn AsyncRead + Send>>;
+pub type Writer = Pin<Box<dyn AsyncWrite + Send>>;
+
+/// A two-way byte stream: a TCP connection into a sandbox.
+pub trait Connection: AsyncRead + AsyncWrite + Send + Unpin {}
+impl<T: AsyncRead + AsyncWrite + Send + Unpin> Connection for T {}
+
+/// A running command of a session.
+pub struct Process {
+    pub stdin: Writer,
+    pub stdout: Reader,
+    /// `None` on a terminal (stderr goes to stdout).
+    pub stderr: Option<Reader>,
+    pub control: Box<dyn ProcessControl>,
+}
+
+/// How a session's command ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ProcessExit {
+    /// Its exit code, or 128 + the signal that killed it.
+    pub exit_code: i32,
+    /// The kernel killed a process of the sandbox for memory while it ran.
+    pub oom_killed: bool,
+}
+
+#[async_trait]
+pub trait ProcessControl: Send + Sync {
+    /// Tells the terminal its new size (the command gets SIGWINCH); no-op without one.
+    fn resize(&self, size: TerminalSize) -> Result<(), RuntimeError>;
+    /// Sends `signal` to the command.
+    fn signal(&self, signal: Signal) -> Result<(), RuntimeError>;
+    /// Waits until the command has ended. Cancel-safe.
+    async fn wait(&mut self) -> Result<ProcessExit, RuntimeError>;
 }
 
 /// What the runtime sees of a sandbox on the host.
@@ -296,6 +356,31 @@ pub trait Runtime: Send + Sync + 'static {
     /// Removes everything of the sandbox; succeeds if there is nothing to remove.
     async fn destroy(&self, id: &EnvironmentId) -> Result<(), RuntimeError>;
     async fn exec(&self, id: &EnvironmentId, spec: &ExecSpec) -> Result<ExecOutput, RuntimeError>;
+    /// Starts a command whose streams the caller drives; it runs until it ends, is killed
+    /// by a signal, or the sandbox stops.
+    async fn spawn(&self, id: &EnvironmentId, spec: &ProcessSpec) -> Result<Process, RuntimeError>;
+    /// Opens a TCP connection to `port` on the sandbox's own loopback.
+    async fn connect(
+        &self,
+        id: &EnvironmentId,
+        port: u16,
+    ) -> Result<Box<dyn Connection>, RuntimeError>;
+    /// Opens a regular file of the running sandbox for reading, `path` resolved inside its
+    /// root as the sandbox sees it (symbolic links included, never leading out): its size
+    /// and its bytes.
+    async fn read_file(&self, id: &EnvironmentId, path: &str)
+    -> Result<(u64, Reader), RuntimeError>;
+    /// Writes `contents` to a file of the running sandbox (resolved like `read_file`), with
+    /// `mode`. Nothing is left at `path` unless all of it, at most `limit` bytes, arrived:
+    /// it is written beside it and renamed into place. Returns the bytes written.
+    async fn write_file(
+        &self,
+        id: &EnvironmentId,
+        path: &str,
+        mode: u32,
+        contents: Reader,
+        limit: u64,
+    ) -> Result<u64, RuntimeError>;
     async fn inspect(&self, id: &EnvironmentId) -> Result<SandboxState, RuntimeError>;
     /// What a running sandbox uses now; `NotRunning` when it is not running.
     async fn usage(&self, id: &EnvironmentId) -> Result<Usage, RuntimeError>;

@@ -12,6 +12,9 @@ use crate::seccomp::CompiledProfile;
 #[derive(Clone)]
 pub struct SeccompExecutor {
     pub profile: CompiledProfile,
+    /// Make stdin (a terminal) the process's controlling terminal, so that ^C, ^Z and
+    /// window-size changes reach it. libcontainer has already made it a session leader.
+    pub controlling_terminal: bool,
 }
 
 impl Executor for SeccompExecutor {
@@ -26,6 +29,13 @@ impl Executor for SeccompExecutor {
             .map(|arg| CString::new(arg.as_bytes()).map_err(|_| ExecutorError::InvalidArg))
             .collect::<Result<_, _>>()?;
         let program = argv.first().ok_or(ExecutorError::InvalidArg)?.clone();
+        // SAFETY: TIOCSCTTY takes an int argument (0: do not steal it from another session).
+        if self.controlling_terminal && unsafe { libc::ioctl(0, libc::TIOCSCTTY, 0) } < 0 {
+            return Err(ExecutorError::Other(format!(
+                "making stdin the controlling terminal: {}",
+                std::io::Error::last_os_error()
+            )));
+        }
         self.profile
             .install()
             .map_err(|error| ExecutorError::Other(error.to_string()))?;

@@ -1,7 +1,8 @@
 //! An in-memory runtime for tests of the layers above it on machines without root. It keeps
 //! the same contract as the local backend (states, remnants, errors, idempotent destroy) and
 //! runs a few built-in commands: `echo ARGS…`, `cat` (echoes stdin), `true`, `false`; others
-//! exit 127. Tests can play a crash: lose a sandbox, leave pieces of one behind, revive one
+//! exit 127. Sessions run the same commands as streams (a signal ends them with 128 + its
+//! number); every port answers as an echo server; files live in memory. Tests can play a crash: lose a sandbox, leave pieces of one behind, revive one
 //! behind the engine's back, or make a destroy fail.
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -11,8 +12,13 @@ use std::time::Duration;
 use airlock_core::access::SandboxFile;
 use airlock_core::ids::{EnvironmentId, Name};
 use airlock_core::model::{ExecOutput, ExecSpec, NetworkMode, Usage};
-use airlock_core::ports::{Remnant, Runtime, RuntimeError, SandboxSpec, SandboxState};
+use airlock_core::ports::{
+    Connection, Process, ProcessControl, ProcessExit, ProcessSpec, Reader, Remnant, Runtime,
+    RuntimeError, SandboxSpec, SandboxState,
+};
+use airlock_core::session::{Signal, TerminalSize};
 use async_trait::async_trait;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// What a running sandbox holds; a stopped one keeps only its directory.
 const RUNNING: [Remnant; 4] = [
@@ -30,6 +36,8 @@ struct Sandbox {
     files: Vec<SandboxFile>,
     /// The variables of the last command run in it.
     last_exec_env: BTreeMap<String, String>,
+    /// Its files written through `write_file`, by path.
+    written: BTreeMap<String, Vec<u8>>,
 }
 
 #[derive(Debug, Default)]
@@ -82,6 +90,13 @@ impl FakeRuntime {
             .unwrap_or_default()
     }
 
+    fn running(&self, id: &EnvironmentId) -> Result<(), RuntimeError> {
+        match self.sandboxes.lock().expect("lock").get(id) {
+            Some(sandbox) if sandbox.running => Ok(()),
+            _ => Err(RuntimeError::NotRunning),
+        }
+    }
+
     /// Pretends the host has this much memory available.
     pub fn set_available_memory_mib(&self, mib: Option<u64>) {
         *self.available_memory_mib.lock().expect("lock") = mib;
@@ -124,6 +139,7 @@ impl Runtime for FakeRuntime {
                 remnants: RUNNING.into(),
                 files: spec.files.clone(),
                 last_exec_env: BTreeMap::new(),
+                written: BTreeMap::new(),
             },
         );
         Ok(())
@@ -185,6 +201,117 @@ impl Runtime for FakeRuntime {
         })
     }
 
+    async fn spawn(&self, id: &EnvironmentId, spec: &ProcessSpec) -> Result<Process, RuntimeError> {
+        self.running(id)?;
+        let (stdin, mut input) = tokio::io::duplex(64 * 1024);
+        let (mut output, stdout) = tokio::io::duplex(64 * 1024);
+        let (signals, mut signalled) = tokio::sync::mpsc::unbounded_channel::<Signal>();
+        let (done, exited) = tokio::sync::watch::channel(None);
+        let argv = spec.argv.clone();
+        tokio::spawn(async move {
+            let run = async {
+                match argv.first().map(String::as_str) {
+                    Some("echo") => {
+                        let line = format!("{}\n", argv[1..].join(" "));
+                        let _ = output.write_all(line.as_bytes()).await;
+                        0
+                    }
+                    Some("cat") => {
+                        let _ = tokio::io::copy(&mut input, &mut output).await;
+                        0
+                    }
+                    Some("true") => 0,
+                    Some("false") => 1,
+                    _ => 127,
+                }
+            };
+            let exit_code = tokio::select! {
+                code = run => code,
+                Some(signal) = signalled.recv() => 128 + signal.number(),
+            };
+            let _ = done.send(Some(ProcessExit {
+                exit_code,
+                oom_killed: false,
+            }));
+        });
+        Ok(Process {
+            stdin: Box::pin(stdin),
+            stdout: Box::pin(stdout),
+            stderr: spec
+                .tty
+                .is_none()
+                .then(|| Box::pin(tokio::io::empty()) as Reader),
+            control: Box::new(FakeProcess { signals, exited }),
+        })
+    }
+
+    async fn connect(
+        &self,
+        id: &EnvironmentId,
+        _port: u16,
+    ) -> Result<Box<dyn Connection>, RuntimeError> {
+        self.running(id)?;
+        let (client, mut server) = tokio::io::duplex(64 * 1024);
+        tokio::spawn(async move {
+            let mut buffer = vec![0u8; 16 * 1024];
+            while let Ok(n) = server.read(&mut buffer).await {
+                if n == 0 || server.write_all(&buffer[..n]).await.is_err() {
+                    break;
+                }
+            }
+        });
+        Ok(Box::new(client))
+    }
+
+    async fn read_file(
+        &self,
+        id: &EnvironmentId,
+        path: &str,
+    ) -> Result<(u64, Reader), RuntimeError> {
+        let sandboxes = self.sandboxes.lock().expect("lock");
+        let sandbox = sandboxes
+            .get(id)
+            .filter(|sandbox| sandbox.running)
+            .ok_or(RuntimeError::NotRunning)?;
+        let contents = sandbox
+            .written
+            .get(path)
+            .cloned()
+            .ok_or_else(|| RuntimeError::Path(format!("{path}: no such file or directory")))?;
+        Ok((
+            contents.len() as u64,
+            Box::pin(std::io::Cursor::new(contents)),
+        ))
+    }
+
+    async fn write_file(
+        &self,
+        id: &EnvironmentId,
+        path: &str,
+        _mode: u32,
+        mut contents: Reader,
+        limit: u64,
+    ) -> Result<u64, RuntimeError> {
+        self.running(id)?;
+        let mut bytes = Vec::new();
+        (&mut contents)
+            .take(limit + 1)
+            .read_to_end(&mut bytes)
+            .await
+            .map_err(|error| RuntimeError::Failed(error.to_string()))?;
+        if bytes.len() as u64 > limit {
+            return Err(RuntimeError::TooLarge(limit));
+        }
+        let mut sandboxes = self.sandboxes.lock().expect("lock");
+        let sandbox = sandboxes
+            .get_mut(id)
+            .filter(|sandbox| sandbox.running)
+            .ok_or(RuntimeError::NotRunning)?;
+        let written = bytes.len() as u64;
+        sandbox.written.insert(path.to_owned(), bytes);
+        Ok(written)
+    }
+
     async fn inspect(&self, id: &EnvironmentId) -> Result<SandboxState, RuntimeError> {
         // As the local backend sees it: a live init is running; runtime state or a
         // directory without one is stopped; a cgroup or helper alone is not a sandbox.
@@ -225,5 +352,32 @@ impl Runtime for FakeRuntime {
             .get(id)
             .map(|sandbox| sandbox.remnants.iter().copied().collect())
             .unwrap_or_default())
+    }
+}
+
+/// A session's command in the fake: ends by itself or at the first signal.
+struct FakeProcess {
+    signals: tokio::sync::mpsc::UnboundedSender<Signal>,
+    exited: tokio::sync::watch::Receiver<Option<ProcessExit>>,
+}
+
+#[async_trait]
+impl ProcessControl for FakeProcess {
+    fn resize(&self, _size: TerminalSize) -> Result<(), RuntimeError> {
+        Ok(())
+    }
+
+    fn signal(&self, signal: Signal) -> Result<(), RuntimeError> {
+        let _ = self.signals.send(signal);
+        Ok(())
+    }
+
+    async fn wait(&mut self) -> Result<ProcessExit, RuntimeError> {
+        let exit = self
+            .exited
+            .wait_for(Option::is_some)
+            .await
+            .map_err(|_| RuntimeError::Failed("the fake command vanished".into()))?;
+        Ok(exit.expect("waited for it"))
     }
 }

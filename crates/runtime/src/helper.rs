@@ -31,6 +31,10 @@ pub const EXEC_ENV_VAR: &str = "AIRLOCK_EXEC_ENV";
 /// The file descriptor on which an exec helper reports its [`ExecStatus`].
 pub const STATUS_FD: i32 = 3;
 
+/// The file descriptor on which a session's exec helper reads signals for its command, one
+/// byte (the signal's number) each; at its end (the server hung up) the command is killed.
+pub const CONTROL_FD: i32 = 4;
+
 #[derive(Debug, Serialize, Deserialize)]
 #[serde(tag = "op", rename_all = "snake_case")]
 pub enum HelperRequest {
@@ -51,7 +55,14 @@ pub enum HelperRequest {
         argv: Vec<String>,
         env: HashMap<String, String>,
         cwd: Option<PathBuf>,
-        timeout_ms: u64,
+        /// None: no time limit (a session).
+        timeout_ms: Option<u64>,
+        /// The helper's stdio is a terminal: make it the command's controlling terminal.
+        #[serde(default)]
+        tty: bool,
+        /// Signals arrive on [`CONTROL_FD`].
+        #[serde(default)]
+        control: bool,
     },
 }
 
@@ -100,6 +111,8 @@ pub fn main(request_json: &str) -> i32 {
             env,
             cwd,
             timeout_ms,
+            tty,
+            control,
         } => {
             let mut env = env;
             if let Some(passed) = std::env::var_os(EXEC_ENV_VAR) {
@@ -111,14 +124,21 @@ pub fn main(request_json: &str) -> i32 {
                     }
                 }
             }
+            // SAFETY: the server opens fd 4 for a session's helper as the read end of a pipe;
+            // nothing else in this process uses or closes it.
+            let control = control.then(|| unsafe { File::from_raw_fd(CONTROL_FD) });
             let status = exec(
                 &state_root,
                 &id,
                 &seccomp,
-                argv,
-                env,
-                cwd,
-                Duration::from_millis(timeout_ms),
+                Command {
+                    argv,
+                    env,
+                    cwd,
+                    timeout: timeout_ms.map(Duration::from_millis),
+                    tty,
+                    control,
+                },
             );
             // SAFETY: the server opens fd 3 for this process as the write end of a pipe, and
             // nothing else in this process uses or closes it.
@@ -148,7 +168,10 @@ fn create(
     let mut container = ContainerBuilder::new(id.to_owned(), SyscallType::default())
         .with_root_path(state_root)
         .map_err(|error| format!("state root: {error}"))?
-        .with_executor(SeccompExecutor { profile })
+        .with_executor(SeccompExecutor {
+            profile,
+            controlling_terminal: false,
+        })
         .with_stdin(dev_null()?)
         .with_stdout(dev_null()?)
         .with_stderr(dev_null()?)
@@ -215,15 +238,25 @@ fn bring_up_loopback(pid: i32) -> Result<(), String> {
     .map_err(|_| "the loopback thread panicked".to_owned())?
 }
 
-fn exec(
-    state_root: &Path,
-    id: &str,
-    seccomp: &Path,
+/// What an exec helper runs, and how.
+struct Command {
     argv: Vec<String>,
     env: HashMap<String, String>,
     cwd: Option<PathBuf>,
-    timeout: Duration,
-) -> ExecStatus {
+    timeout: Option<Duration>,
+    tty: bool,
+    control: Option<File>,
+}
+
+fn exec(state_root: &Path, id: &str, seccomp: &Path, command: Command) -> ExecStatus {
+    let Command {
+        argv,
+        env,
+        cwd,
+        timeout,
+        tty,
+        control,
+    } = command;
     let failed = |error: String| ExecStatus {
         exit_code: -1,
         timed_out: false,
@@ -240,7 +273,10 @@ fn exec(
         Err(error) => return failed(format!("state root: {error}")),
     };
     let pid = match builder
-        .with_executor(SeccompExecutor { profile })
+        .with_executor(SeccompExecutor {
+            profile,
+            controlling_terminal: tty,
+        })
         .as_tenant()
         .with_container_args(argv)
         .with_env(env)
@@ -266,7 +302,7 @@ fn exec(
             };
         }
     };
-    let timed_out = !wait_with_deadline(pid, Instant::now() + timeout);
+    let timed_out = !wait_for_exit(pid, timeout.map(|timeout| Instant::now() + timeout), control);
     if timed_out {
         crate::process_tree::kill_tree(pid);
     }
@@ -289,7 +325,9 @@ fn exec(
 }
 
 /// Waits for the child to exit without reaping it; false when the deadline passed first.
-fn wait_with_deadline(pid: i32, deadline: Instant) -> bool {
+/// Meanwhile signal numbers read from `control` go to the child's process group (as a
+/// terminal's would); when `control` ends, the server hung up and the child is killed.
+fn wait_for_exit(pid: i32, deadline: Option<Instant>, mut control: Option<File>) -> bool {
     // SAFETY: pidfd_open takes a pid and flags and returns a new fd or -1.
     let pidfd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) } as i32;
     if pidfd < 0 {
@@ -298,23 +336,57 @@ fn wait_with_deadline(pid: i32, deadline: Instant) -> bool {
     // SAFETY: pidfd_open just returned this fd to us; we own it.
     let pidfd = unsafe { OwnedFd::from_raw_fd(pidfd) };
     loop {
-        let remaining = deadline.saturating_duration_since(Instant::now());
-        if remaining.is_zero() {
-            return false;
-        }
-        let mut poll = libc::pollfd {
-            fd: pidfd.as_raw_fd(),
-            events: libc::POLLIN,
-            revents: 0,
+        let millis = match deadline {
+            Some(deadline) => {
+                let remaining = deadline.saturating_duration_since(Instant::now());
+                if remaining.is_zero() {
+                    return false;
+                }
+                remaining.as_millis().clamp(1, i32::MAX as u128) as i32
+            }
+            None => -1,
         };
-        let millis = remaining.as_millis().clamp(1, i32::MAX as u128) as i32;
-        // SAFETY: one valid pollfd.
-        let ready = unsafe { libc::poll(&mut poll, 1, millis) };
-        if ready > 0 {
+        let mut polls = [
+            libc::pollfd {
+                fd: pidfd.as_raw_fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            },
+            libc::pollfd {
+                fd: control.as_ref().map_or(-1, |control| control.as_raw_fd()),
+                events: libc::POLLIN,
+                revents: 0,
+            },
+        ];
+        // SAFETY: two valid pollfds (poll ignores a negative fd).
+        let ready = unsafe { libc::poll(polls.as_mut_ptr(), 2, millis) };
+        if ready < 0 {
+            if std::io::Error::last_os_error().kind() == std::io::ErrorKind::Interrupted {
+                continue;
+            }
             return true;
         }
-        if ready < 0 && std::io::Error::last_os_error().kind() != std::io::ErrorKind::Interrupted {
+        if polls[0].revents != 0 {
             return true;
+        }
+        if polls[1].revents != 0
+            && let Some(pipe) = control.as_mut()
+        {
+            let mut signals = [0u8; 64];
+            match std::io::Read::read(pipe, &mut signals) {
+                Ok(0) | Err(_) => {
+                    // The server hung up: nobody is left to see the command's output.
+                    crate::process_tree::kill_tree(pid);
+                    control = None;
+                }
+                Ok(n) => {
+                    for &signal in &signals[..n] {
+                        // SAFETY: kill takes a process group (the child leads its own, made
+                        // by setsid; unreaped, its id cannot be reused) and a signal number.
+                        unsafe { libc::kill(-pid, i32::from(signal)) };
+                    }
+                }
+            }
         }
     }
 }

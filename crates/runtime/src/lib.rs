@@ -4,6 +4,7 @@
 
 mod cgroups;
 mod disk;
+mod enter;
 mod executor;
 pub mod fake;
 mod files;
@@ -14,6 +15,7 @@ mod mounts;
 pub mod network;
 pub mod oci;
 mod process_tree;
+mod session;
 pub mod seccomp;
 
 pub use fake::FakeRuntime;

@@ -25,7 +25,10 @@ use std::time::{Duration, Instant};
 
 use airlock_core::ids::{EnvironmentId, Name};
 use airlock_core::model::{ExecOutput, ExecSpec, NetworkMode, Usage};
-use airlock_core::ports::{Remnant, Runtime, RuntimeError, SandboxSpec, SandboxState};
+use airlock_core::ports::{
+    Connection, Process, ProcessSpec, Reader, Remnant, Runtime, RuntimeError, SandboxSpec,
+    SandboxState,
+};
 use async_trait::async_trait;
 use libcontainer::container::{Container, ContainerStatus};
 use libcontainer::signal::Signal;
@@ -36,7 +39,11 @@ use tokio::process::Command;
 use crate::cgroups::{self, SandboxCgroup};
 use crate::disk::{self, Disks};
 use crate::files;
-use crate::helper::{self, EXEC_ENV_VAR, ExecStatus, HELPER_ARG, HelperRequest, STATUS_FD};
+use crate::helper::{
+    self, CONTROL_FD, EXEC_ENV_VAR, ExecStatus, HELPER_ARG, HelperRequest, STATUS_FD,
+};
+use crate::session::{self, LocalProcess, Terminal};
+use crate::enter;
 use crate::image::{self, Image};
 use crate::mounts;
 use crate::network::{self, EgressConfig, EgressPlan};
@@ -589,7 +596,9 @@ impl Runtime for LocalRuntime {
             // Passed in the helper's environment instead: see `EXEC_ENV_VAR`.
             env: HashMap::new(),
             cwd: spec.cwd.as_ref().map(PathBuf::from),
-            timeout_ms: spec.timeout.as_millis() as u64,
+            timeout_ms: Some(spec.timeout.as_millis() as u64),
+            tty: false,
+            control: false,
         };
         let (status_read, status_write) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)
             .map_err(|e| failed("creating a pipe", e))?;
@@ -664,6 +673,199 @@ impl Runtime for LocalRuntime {
         })
     }
 
+    async fn spawn(&self, id: &EnvironmentId, spec: &ProcessSpec) -> Result<Process, RuntimeError> {
+        let cgroup = self.host.cgroup(id);
+        let oom_kills_before = cgroup.oom_kills();
+        let mut env = spec.env.clone();
+        if spec.tty.is_some() {
+            env.entry("TERM".into())
+                .or_insert_with(|| "xterm-256color".into());
+        }
+        let request = HelperRequest::Exec {
+            state_root: self.host.state_root(),
+            id: id.to_string(),
+            seccomp: self.host.seccomp_path(),
+            argv: spec.argv.clone(),
+            env: HashMap::new(),
+            cwd: spec.cwd.as_ref().map(PathBuf::from),
+            timeout_ms: None,
+            tty: spec.tty.is_some(),
+            control: true,
+        };
+        let pipe = || nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC);
+        let (status_read, status_write) = pipe().map_err(|e| failed("creating a pipe", e))?;
+        let (control_read, control_write) = pipe().map_err(|e| failed("creating a pipe", e))?;
+        let (status_fd, control_fd) = (status_write.as_raw_fd(), control_read.as_raw_fd());
+        let mut command = self.helper_command(&request);
+        command
+            .env(
+                EXEC_ENV_VAR,
+                serde_json::to_string(&env).expect("variables serialize"),
+            )
+            // The helper must outlive a dropped session long enough to kill the command: it
+            // does so when the control pipe closes.
+            .kill_on_drop(false);
+        let terminal = match spec.tty {
+            Some(size) => {
+                let (master, slave) =
+                    session::open_terminal(size).map_err(|e| failed("opening a terminal", e))?;
+                let copy = |fd: &std::os::fd::OwnedFd| {
+                    fd.try_clone()
+                        .map(Stdio::from)
+                        .map_err(|e| failed("opening a terminal", e))
+                };
+                command
+                    .stdin(copy(&slave)?)
+                    .stdout(copy(&slave)?)
+                    .stderr(Stdio::from(slave));
+                Some(Terminal::new(master).map_err(|e| failed("opening a terminal", e))?)
+            }
+            None => {
+                command
+                    .stdin(Stdio::piped())
+                    .stdout(Stdio::piped())
+                    .stderr(Stdio::piped());
+                None
+            }
+        };
+        // SAFETY: between fork and exec only dup2, which is async-signal-safe, runs; it makes
+        // the status pipe fd 3 and the control pipe fd 4 (dup2 clears close-on-exec).
+        unsafe {
+            command.pre_exec(move || {
+                if libc::dup2(status_fd, STATUS_FD) < 0 || libc::dup2(control_fd, CONTROL_FD) < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        let mut helper = command
+            .spawn()
+            .map_err(|e| failed("running the runtime helper", e))?;
+        drop((status_write, control_read));
+        let (stdin, stdout, stderr): (_, Reader, _) = match &terminal {
+            Some(terminal) => (
+                Box::pin(terminal.clone()) as airlock_core::ports::Writer,
+                Box::pin(terminal.clone()),
+                None,
+            ),
+            None => (
+                Box::pin(helper.stdin.take().expect("piped stdin")) as airlock_core::ports::Writer,
+                Box::pin(helper.stdout.take().expect("piped stdout")),
+                Some(Box::pin(helper.stderr.take().expect("piped stderr")) as Reader),
+            ),
+        };
+        Ok(Process {
+            stdin,
+            stdout,
+            stderr,
+            control: Box::new(LocalProcess {
+                helper,
+                status: Some(status_read),
+                control: std::fs::File::from(control_write),
+                terminal,
+                cgroup,
+                oom_kills_before,
+                exit: None,
+            }),
+        })
+    }
+
+    async fn connect(
+        &self,
+        id: &EnvironmentId,
+        port: u16,
+    ) -> Result<Box<dyn Connection>, RuntimeError> {
+        let id = id.clone();
+        let stream = self
+            .blocking(move |host| {
+                let pid = enter::init_pid(&host.state_root(), id.as_str())
+                    .ok_or(RuntimeError::NotRunning)?;
+                enter::connect(pid, port).map_err(|error| match error.kind() {
+                    std::io::ErrorKind::ConnectionRefused | std::io::ErrorKind::TimedOut => {
+                        RuntimeError::PortClosed(port)
+                    }
+                    _ => failed("connecting into the sandbox", error),
+                })
+            })
+            .await?;
+        stream
+            .set_nonblocking(true)
+            .map_err(|e| failed("connecting into the sandbox", e))?;
+        let _ = stream.set_nodelay(true);
+        let stream = tokio::net::TcpStream::from_std(stream)
+            .map_err(|e| failed("connecting into the sandbox", e))?;
+        Ok(Box::new(stream))
+    }
+
+    async fn read_file(
+        &self,
+        id: &EnvironmentId,
+        path: &str,
+    ) -> Result<(u64, Reader), RuntimeError> {
+        let (id, path) = (id.clone(), path.to_owned());
+        let (file, size) = self
+            .blocking(move |host| {
+                let pid = enter::init_pid(&host.state_root(), id.as_str())
+                    .ok_or(RuntimeError::NotRunning)?;
+                let root = enter::open_root(pid).map_err(|e| failed("opening the root", e))?;
+                files::open_inside(&root, &path).map_err(path_error)
+            })
+            .await?;
+        Ok((size, Box::pin(tokio::fs::File::from_std(file))))
+    }
+
+    async fn write_file(
+        &self,
+        id: &EnvironmentId,
+        path: &str,
+        mode: u32,
+        mut contents: Reader,
+        limit: u64,
+    ) -> Result<u64, RuntimeError> {
+        let (id, target) = (id.clone(), path.to_owned());
+        let (upload, file) = self
+            .blocking(move |host| {
+                let pid = enter::init_pid(&host.state_root(), id.as_str())
+                    .ok_or(RuntimeError::NotRunning)?;
+                let root = enter::open_root(pid).map_err(|e| failed("opening the root", e))?;
+                files::Upload::begin(&root, &target, mode).map_err(path_error)
+            })
+            .await?;
+        // Dropped on any early return (or a cancelled request): the partial file goes too.
+        let mut file = tokio::fs::File::from_std(file);
+        let mut buffer = vec![0u8; 64 * 1024];
+        let mut written = 0u64;
+        loop {
+            let n = contents
+                .read(&mut buffer)
+                .await
+                .map_err(|e| failed("receiving the file", e))?;
+            if n == 0 {
+                break;
+            }
+            written += n as u64;
+            if written > limit {
+                return Err(RuntimeError::TooLarge(limit));
+            }
+            file.write_all(&buffer[..n])
+                .await
+                .map_err(|error| match error.raw_os_error() {
+                    Some(libc::ENOSPC | libc::EDQUOT) => {
+                        RuntimeError::Path(format!("{path}: no space left in the environment"))
+                    }
+                    _ => failed("writing the file", error),
+                })?;
+        }
+        file.flush()
+            .await
+            .map_err(|e| failed("writing the file", e))?;
+        drop(file);
+        tokio::task::spawn_blocking(move || upload.commit().map_err(path_error))
+            .await
+            .map_err(|e| failed("joining a blocking task", e))??;
+        Ok(written)
+    }
+
     async fn inspect(&self, id: &EnvironmentId) -> Result<SandboxState, RuntimeError> {
         let id = id.clone();
         self.blocking(move |host| Ok(host.inspect(&id))).await
@@ -734,6 +936,13 @@ async fn finish_capture(
         abort.abort();
     }
     std::mem::take(&mut *captured.lock().expect("capture lock"))
+}
+
+fn path_error(error: files::PathError) -> RuntimeError {
+    match error {
+        files::PathError::Refused(why) => RuntimeError::Path(why),
+        files::PathError::Io(error) => failed("reaching into the sandbox", error),
+    }
 }
 
 /// `MemAvailable` of `/proc/meminfo`, in MiB.
