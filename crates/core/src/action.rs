@@ -5,18 +5,21 @@
 //! against the operator's limits; the engine does that.
 
 use std::collections::BTreeMap;
+use std::fmt;
 
 use serde::Serialize;
 
 use crate::access::{AccessProfile, AccessRequest, AccessState, SecretMount};
-use crate::ids::{AccessRequestId, EnvironmentId, Name, TokenId, UserId};
+use crate::ids::{AccessRequestId, EnvironmentId, Name, SessionId, TokenId, UserId};
+use crate::ports::{Connection, Reader};
+use crate::session::{LiveSession, Session, SessionKind, TerminalSize};
 use crate::model::{
     Environment, ExecOutput, NetworkMode, Party, Principal, Quota, Role, Scope, Team, TokenRecord,
     Usage, User,
 };
 use crate::secret::Secret;
 
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub enum Action {
     CreateEnvironment {
         request: NewEnvironment,
@@ -74,6 +77,29 @@ pub enum Action {
         reason: Option<String>,
     },
     WhoAmI,
+    /// Opens a shell, a streamed command or a port forward in an environment.
+    StartSession(NewSession),
+    ListSessions(ListSessions),
+    GetSession(SessionId),
+    /// A terminal session's recording (the server reads the file).
+    GetRecording(SessionId),
+    /// Writes a file into a running environment.
+    CopyIn {
+        environment: EnvironmentId,
+        path: String,
+        mode: u32,
+        contents: Contents,
+    },
+    /// Reads a file out of a running environment.
+    CopyOut {
+        environment: EnvironmentId,
+        path: String,
+    },
+    /// One HTTP request through the API to a port inside an environment.
+    Proxy {
+        environment: EnvironmentId,
+        port: u16,
+    },
 }
 
 impl Action {
@@ -108,6 +134,13 @@ impl Action {
             Action::DenyAccess { .. } => "access.deny",
             Action::RevokeAccess { .. } => "access.revoke",
             Action::WhoAmI => "whoami",
+            Action::StartSession(_) => "session.start",
+            Action::ListSessions(_) => "session.list",
+            Action::GetSession(_) => "session.get",
+            Action::GetRecording(_) => "session.recording",
+            Action::CopyIn { .. } => "environment.copy_in",
+            Action::CopyOut { .. } => "environment.copy_out",
+            Action::Proxy { .. } => "environment.proxy",
         }
     }
 
@@ -124,7 +157,20 @@ impl Action {
             }
             | Action::Exec {
                 environment: id, ..
+            }
+            | Action::StartSession(NewSession {
+                environment: id, ..
+            })
+            | Action::CopyIn {
+                environment: id, ..
+            }
+            | Action::CopyOut {
+                environment: id, ..
+            }
+            | Action::Proxy {
+                environment: id, ..
             } => Some(id.to_string()),
+            Action::GetSession(id) | Action::GetRecording(id) => Some(id.to_string()),
             Action::RevokeToken(id) => Some(id.to_string()),
             Action::CreateToken(NewToken {
                 user: Some(user), ..
@@ -183,6 +229,48 @@ pub struct Command {
     pub cwd: Option<String>,
     pub stdin: Vec<u8>,
     pub timeout_seconds: Option<u64>,
+}
+
+/// A session to open.
+#[derive(Debug, Clone)]
+pub struct NewSession {
+    pub environment: EnvironmentId,
+    pub kind: SessionKind,
+    /// The command; empty on a terminal for a login shell.
+    pub argv: Vec<String>,
+    pub env: BTreeMap<String, String>,
+    pub cwd: Option<String>,
+    /// The terminal's first size (terminal sessions).
+    pub size: Option<TerminalSize>,
+    /// The port to reach (port forwards).
+    pub port: Option<u16>,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct ListSessions {
+    pub environment: Option<EnvironmentId>,
+    /// Everyone's sessions (auditors, admins) instead of the caller's own.
+    pub all: bool,
+    pub after: Option<SessionId>,
+    pub limit: Option<u32>,
+}
+
+/// Bytes streamed in or out; opaque in debug output.
+pub struct Contents(pub Reader);
+
+impl fmt::Debug for Contents {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Contents(..)")
+    }
+}
+
+/// A connection into an environment; opaque in debug output.
+pub struct Conn(pub Box<dyn Connection>);
+
+impl fmt::Debug for Conn {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Conn(..)")
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -259,5 +347,21 @@ pub enum Reply {
         secret: Secret,
     },
     WhoAmI(Principal),
+    /// A session just opened: its record and its streams.
+    Session(LiveSession),
+    Sessions {
+        items: Vec<Session>,
+        next: Option<SessionId>,
+    },
+    SessionRecord(Session),
+    /// A file written into an environment: its size.
+    Copied(u64),
+    /// A file read out of an environment: its size and bytes.
+    File {
+        size: u64,
+        contents: Contents,
+    },
+    /// A connection to a port inside an environment.
+    Connection(Conn),
     Done,
 }

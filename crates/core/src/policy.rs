@@ -25,7 +25,10 @@ pub fn required_scope(action: &Action) -> Scope {
         | Action::ListProfiles
         | Action::GetProfile(_)
         | Action::ListAccessRequests(_)
-        | Action::GetAccessRequest(_) => Scope::Read,
+        | Action::GetAccessRequest(_)
+        | Action::ListSessions(_)
+        | Action::GetSession(_)
+        | Action::GetRecording(_) => Scope::Read,
         Action::CreateEnvironment { .. }
         | Action::StopEnvironment(_)
         | Action::StartEnvironment(_)
@@ -33,6 +36,10 @@ pub fn required_scope(action: &Action) -> Scope {
         | Action::Exec { .. }
         | Action::ExtendEnvironment { .. }
         | Action::RenewLease(_)
+        | Action::StartSession(_)
+        | Action::CopyIn { .. }
+        | Action::CopyOut { .. }
+        | Action::Proxy { .. }
         | Action::CreateToken(_)
         | Action::RevokeToken(_) => Scope::Write,
         Action::RequestAccess(_) => Scope::AccessRequest,
@@ -87,6 +94,8 @@ pub struct Limits {
     pub exec_output_limit: usize,
     /// Bytes of argv, environment and stdin together.
     pub exec_input_limit: usize,
+    /// Bytes of one file copied in or out of an environment.
+    pub copy_limit: u64,
     pub max_page_size: u32,
     pub max_token_lifetime: Duration,
     /// A pending access request lapses after this long undecided.
@@ -135,6 +144,7 @@ impl Default for Limits {
             max_exec_timeout: Duration::from_secs(3600),
             exec_output_limit: 1024 * 1024,
             exec_input_limit: 1024 * 1024,
+            copy_limit: 1 << 30,
             max_page_size: 200,
             max_token_lifetime: Duration::from_secs(366 * 24 * 3600),
             access_request_ttl: Duration::from_secs(3600),

@@ -11,8 +11,8 @@ use chrono::{DateTime, Utc};
 use crate::access::{
     AccessProfile, AccessRequest, AccessState, Approved, SandboxFile, SecretSource, SecretValue,
 };
-use crate::ids::{AccessRequestId, EnvironmentId, Name, TokenId, UserId};
-use crate::session::{Signal, TerminalSize};
+use crate::ids::{AccessRequestId, EnvironmentId, Name, SessionId, TokenId, UserId};
+use crate::session::{Session, Signal, TerminalSize};
 use crate::model::{
     AuditEvent, EnvState, Environment, ExecOutput, ExecSpec, NetworkMode, Quota, Resources, Team,
     TokenRecord, Usage, User,
@@ -25,6 +25,15 @@ pub enum StoreError {
     Duplicate(&'static str),
     #[error("{0}")]
     Backend(String),
+}
+
+/// Which sessions to list.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct SessionQuery {
+    pub environment: Option<EnvironmentId>,
+    pub user: Option<UserId>,
+    pub after: Option<SessionId>,
+    pub limit: u32,
 }
 
 /// The outcome of recording a new environment under an idempotency key.
@@ -195,6 +204,16 @@ pub trait Store: Send + Sync + 'static {
     ) -> Result<Vec<Environment>, StoreError>;
 
     async fn append_audit(&self, event: &AuditEvent) -> Result<(), StoreError>;
+
+    // ---- sessions ----
+    async fn insert_session(&self, session: &Session) -> Result<(), StoreError>;
+    /// Records how a session ended (once: a session already ended is left as it is).
+    async fn end_session(&self, ended: &Session) -> Result<(), StoreError>;
+    async fn get_session(&self, id: &SessionId) -> Result<Option<Session>, StoreError>;
+    /// Sessions in id (start) order after `after`, of one environment and/or one user.
+    async fn list_sessions(&self, query: &SessionQuery) -> Result<Vec<Session>, StoreError>;
+    /// Ends, at `at`, every session still open: at start, those of a server that died.
+    async fn end_open_sessions(&self, at: DateTime<Utc>) -> Result<u64, StoreError>;
     async fn list_audit(&self, limit: u32) -> Result<Vec<AuditEvent>, StoreError>;
 }
 

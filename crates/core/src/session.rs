@@ -10,6 +10,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::Invalid;
 use crate::ids::{EnvironmentId, SessionId, UserId};
+use crate::ports::{Connection, Process};
 
 /// What a session does.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -59,6 +60,26 @@ pub struct Session {
     pub bytes_out: u64,
     /// Whether a recording exists (terminal sessions).
     pub recorded: bool,
+}
+
+/// A session just opened: its record, and its command's streams or its connection. The
+/// server relays them and ends it with [`crate::Engine::end_session`].
+pub struct LiveSession {
+    pub session: Session,
+    pub io: SessionIo,
+}
+
+pub enum SessionIo {
+    Process(Process),
+    Connection(Box<dyn Connection>),
+}
+
+impl fmt::Debug for LiveSession {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("LiveSession")
+            .field("session", &self.session)
+            .finish_non_exhaustive()
+    }
 }
 
 /// A terminal's size in character cells.

@@ -6,12 +6,13 @@
 use std::time::Duration;
 
 use airlock_core::access::{AccessProfile, AccessRequest, AccessState, Approved};
-use airlock_core::ids::{AccessRequestId, EnvironmentId, Name, TokenId, UserId};
+use airlock_core::ids::{AccessRequestId, EnvironmentId, Name, SessionId, TokenId, UserId};
+use airlock_core::session::Session;
 use airlock_core::model::{
     AuditEvent, EnvState, Environment, Quota, Resources, Team, TokenRecord, User,
 };
 use airlock_core::ports::{
-    AccessQuery, Ceilings, Claimed, EnvironmentQuery, Inserted, Store, StoreError,
+    AccessQuery, Ceilings, Claimed, EnvironmentQuery, Inserted, SessionQuery, Store, StoreError,
 };
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
@@ -732,6 +733,78 @@ impl Store for PostgresStore {
         .await
         .map_err(backend)?;
         rows.iter().map(records::environment).collect()
+    }
+
+    async fn insert_session(&self, session: &Session) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO sessions (id, environment_id, user_id, kind, argv, started_at, recorded)
+             VALUES ($1, $2, $3, $4, $5, $6, $7)",
+        )
+        .bind(session.id.as_str())
+        .bind(session.environment.as_str())
+        .bind(session.user.as_str())
+        .bind(session.kind.as_str())
+        .bind(serde_json::to_string(&session.argv).map_err(backend)?)
+        .bind(micros(session.started_at))
+        .bind(i64::from(session.recorded))
+        .execute(&self.pool)
+        .await
+        .map_err(backend)?;
+        Ok(())
+    }
+
+    async fn end_session(&self, ended: &Session) -> Result<(), StoreError> {
+        sqlx::query(
+            "UPDATE sessions SET ended_at = $1, exit_code = $2, bytes_in = $3, bytes_out = $4
+             WHERE id = $5 AND ended_at IS NULL",
+        )
+        .bind(ended.ended_at.map(micros))
+        .bind(ended.exit_code.map(i64::from))
+        .bind(ended.bytes_in as i64)
+        .bind(ended.bytes_out as i64)
+        .bind(ended.id.as_str())
+        .execute(&self.pool)
+        .await
+        .map_err(backend)?;
+        Ok(())
+    }
+
+    async fn get_session(&self, id: &SessionId) -> Result<Option<Session>, StoreError> {
+        let row = sqlx::query("SELECT * FROM sessions WHERE id = $1")
+            .bind(id.as_str())
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(backend)?;
+        row.as_ref().map(records::session).transpose()
+    }
+
+    async fn list_sessions(&self, query: &SessionQuery) -> Result<Vec<Session>, StoreError> {
+        let mut sql = QueryBuilder::<Postgres>::new("SELECT * FROM sessions WHERE 1 = 1");
+        if let Some(environment) = &query.environment {
+            sql.push(" AND environment_id = ").push_bind(environment.as_str());
+        }
+        if let Some(user) = &query.user {
+            sql.push(" AND user_id = ").push_bind(user.as_str());
+        }
+        if let Some(after) = &query.after {
+            sql.push(" AND id > ").push_bind(after.as_str());
+        }
+        sql.push(" ORDER BY id LIMIT ").push_bind(query.limit as i64);
+        let rows = sql
+            .build()
+            .fetch_all(&self.pool)
+            .await
+            .map_err(backend)?;
+        rows.iter().map(records::session).collect()
+    }
+
+    async fn end_open_sessions(&self, at: DateTime<Utc>) -> Result<u64, StoreError> {
+        let done = sqlx::query("UPDATE sessions SET ended_at = $1 WHERE ended_at IS NULL")
+            .bind(micros(at))
+            .execute(&self.pool)
+            .await
+            .map_err(backend)?;
+        Ok(done.rows_affected())
     }
 
     async fn append_audit(&self, event: &AuditEvent) -> Result<(), StoreError> {

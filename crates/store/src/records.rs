@@ -6,12 +6,13 @@
 use std::time::Duration;
 
 use airlock_core::access::{AccessProfile, AccessRequest, AccessState, Approval, SecretMount};
-use airlock_core::ids::{AccessRequestId, EnvironmentId, Name, TokenId, UserId};
+use airlock_core::ids::{AccessRequestId, EnvironmentId, Name, SessionId, TokenId, UserId};
 use airlock_core::model::{
     AuditEvent, EnvState, Environment, NetworkMode, Party, Quota, Resources, Role, Scope, Team,
     TokenRecord, User,
 };
 use airlock_core::ports::{Inserted, StoreError};
+use airlock_core::session::{Session, SessionKind};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use sqlx::{ColumnIndex, Decode, Row, Type};
@@ -262,6 +263,24 @@ pub(crate) fn audit_event(row: &impl Columns) -> Result<AuditEvent, StoreError> 
         outcome: text("outcome")?,
         source: optional_text("source")?,
         detail: optional_text("detail")?,
+    })
+}
+
+pub(crate) fn session(row: &impl Columns) -> Result<Session, StoreError> {
+    let kind = row.text("kind")?;
+    Ok(Session {
+        id: SessionId::parse(row.text("id")?).map_err(corrupt)?,
+        environment: EnvironmentId::parse(row.text("environment_id")?).map_err(corrupt)?,
+        user: UserId::parse(row.text("user_id")?).map_err(corrupt)?,
+        kind: SessionKind::parse(kind)
+            .ok_or_else(|| corrupt(format!("unknown session kind {kind:?}")))?,
+        argv: serde_json::from_str(row.text("argv")?).map_err(corrupt)?,
+        started_at: row.time("started_at")?,
+        ended_at: row.optional_time("ended_at")?,
+        exit_code: row.optional_integer("exit_code")?.map(|code| code as i32),
+        bytes_in: row.integer("bytes_in")? as u64,
+        bytes_out: row.integer("bytes_out")? as u64,
+        recorded: row.integer("recorded")? != 0,
     })
 }
 

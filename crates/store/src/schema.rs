@@ -124,4 +124,23 @@ UPDATE environments SET last_activity_at = updated_at;
 CREATE INDEX environments_by_expiry ON environments (expires_at)
     WHERE state IN ('running', 'stopped', 'failed');
 "#,
+    r#"
+-- Sessions: shells, streamed commands and port forwards.
+CREATE TABLE sessions (
+    id TEXT PRIMARY KEY,
+    environment_id TEXT NOT NULL,
+    user_id TEXT NOT NULL,
+    kind TEXT NOT NULL,
+    argv TEXT NOT NULL,
+    started_at INTEGER NOT NULL,
+    ended_at INTEGER,
+    exit_code INTEGER,
+    bytes_in INTEGER NOT NULL DEFAULT 0,
+    bytes_out INTEGER NOT NULL DEFAULT 0,
+    recorded INTEGER NOT NULL DEFAULT 0
+);
+CREATE INDEX sessions_by_environment ON sessions (environment_id, id);
+CREATE INDEX sessions_by_user ON sessions (user_id, id);
+CREATE INDEX sessions_open ON sessions (id) WHERE ended_at IS NULL;
+"#,
 ];

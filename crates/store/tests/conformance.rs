@@ -13,12 +13,15 @@ use std::time::Duration;
 use airlock_core::access::{
     AccessProfile, AccessRequest, AccessState, Approval, Approved, SecretMount,
 };
-use airlock_core::ids::{AccessRequestId, EnvironmentId, Name, TokenId, UserId};
+use airlock_core::ids::{AccessRequestId, EnvironmentId, Name, SessionId, TokenId, UserId};
 use airlock_core::model::{
     AuditEvent, EnvState, Environment, NetworkMode, Party, Quota, Resources, Role, Scope, Team,
     TokenRecord, User,
 };
-use airlock_core::ports::{AccessQuery, Ceilings, EnvironmentQuery, Inserted, Store, StoreError};
+use airlock_core::ports::{
+    AccessQuery, Ceilings, EnvironmentQuery, Inserted, SessionQuery, Store, StoreError,
+};
+use airlock_core::session::{Session, SessionKind};
 use airlock_store::{PostgresStore, SqliteStore};
 use chrono::{DateTime, TimeZone, Utc};
 use sqlx::Connection;
@@ -75,6 +78,7 @@ conformance!(
     end_access_only_from_its_state,
     settings_upsert,
     audit_appends_and_lists_newest_first,
+    sessions_start_end_once_and_list,
     reopening_keeps_the_data,
 );
 
@@ -2067,6 +2071,88 @@ async fn audit_appends_and_lists_newest_first(db: &Db) {
     );
     assert_eq!(store.list_audit(2).await.unwrap(), [third, second]);
     assert_eq!(store.list_audit(0).await.unwrap(), Vec::new());
+}
+
+fn session(user: &User, environment: &EnvironmentId, kind: SessionKind, second: i64) -> Session {
+    Session {
+        id: SessionId::generate(),
+        environment: environment.clone(),
+        user: user.id.clone(),
+        kind,
+        argv: vec!["bash".into(), "-c".into(), "echo 'a \"quoted\" word'".into()],
+        started_at: at(second),
+        ended_at: None,
+        exit_code: None,
+        bytes_in: 0,
+        bytes_out: 0,
+        recorded: kind == SessionKind::Terminal,
+    }
+}
+
+async fn sessions_start_end_once_and_list(db: &Db) {
+    let store = db.store();
+    let alice = add_user(&*store, "alice").await;
+    let bob = add_user(&*store, "bob").await;
+    let (one, two) = (EnvironmentId::generate(), EnvironmentId::generate());
+    let shell = session(&alice, &one, SessionKind::Terminal, 1);
+    let forward = session(&alice, &two, SessionKind::PortForward, 2);
+    let exec = session(&bob, &one, SessionKind::Exec, 3);
+    for session in [&shell, &forward, &exec] {
+        store.insert_session(session).await.unwrap();
+    }
+    assert_eq!(store.get_session(&shell.id).await.unwrap().as_ref(), Some(&shell));
+    assert_eq!(store.get_session(&SessionId::generate()).await.unwrap(), None);
+
+    let ended = Session {
+        ended_at: Some(at(10)),
+        exit_code: Some(130),
+        bytes_in: 12,
+        bytes_out: 1 << 40,
+        ..shell.clone()
+    };
+    store.end_session(&ended).await.unwrap();
+    // Only the first end counts.
+    let again = Session {
+        ended_at: Some(at(20)),
+        exit_code: Some(0),
+        ..ended.clone()
+    };
+    store.end_session(&again).await.unwrap();
+    assert_eq!(store.get_session(&shell.id).await.unwrap(), Some(ended.clone()));
+
+    let query = |environment: Option<&EnvironmentId>, user: Option<&User>, limit| SessionQuery {
+        environment: environment.cloned(),
+        user: user.map(|user| user.id.clone()),
+        after: None,
+        limit,
+    };
+    let listed = store.list_sessions(&query(None, None, 10)).await.unwrap();
+    assert_eq!(
+        ids(&listed, |session| &session.id),
+        sorted(&[&shell.id, &forward.id, &exec.id])
+    );
+    let of_one = store.list_sessions(&query(Some(&one), None, 10)).await.unwrap();
+    assert_eq!(ids(&of_one, |session| &session.id), sorted(&[&shell.id, &exec.id]));
+    let of_alice_in_one = store
+        .list_sessions(&query(Some(&one), Some(&alice), 10))
+        .await
+        .unwrap();
+    assert_eq!(of_alice_in_one, [ended]);
+    let first = store.list_sessions(&query(None, None, 1)).await.unwrap();
+    let rest = store
+        .list_sessions(&SessionQuery {
+            after: Some(first[0].id.clone()),
+            ..query(None, None, 10)
+        })
+        .await
+        .unwrap();
+    assert_eq!(first.len() + rest.len(), 3);
+
+    // A server that died leaves sessions open; the next one ends them.
+    assert_eq!(store.end_open_sessions(at(30)).await.unwrap(), 2);
+    let forward = store.get_session(&forward.id).await.unwrap().unwrap();
+    assert_eq!((forward.ended_at, forward.exit_code), (Some(at(30)), None));
+    assert_eq!(store.end_open_sessions(at(40)).await.unwrap(), 0);
 }
 
 async fn reopening_keeps_the_data(db: &Db) {

@@ -758,7 +758,7 @@ impl Engine {
     /// Records a command (or, with `read`, a read) as activity. Both are frequent and a write
     /// is not free, so the time is kept to the minute; a command's to a quarter of the idle
     /// timeout when that is shorter. Lease renewals and starts always write.
-    async fn note_activity(&self, environment: &Environment, read: bool) -> Result<(), Error> {
+    pub(super) async fn note_activity(&self, environment: &Environment, read: bool) -> Result<(), Error> {
         let mut resolution = chrono::Duration::minutes(1);
         if let (false, Some(timeout)) = (read, environment.idle_timeout) {
             let quarter = chrono::Duration::from_std(timeout / 4).unwrap_or(resolution);
@@ -857,7 +857,7 @@ impl Engine {
     }
 
     /// Refuses work in an environment whose grant has ended (the sweeper destroys it soon).
-    async fn check_grant(&self, environment: &Environment) -> Result<(), Error> {
+    pub(super) async fn check_grant(&self, environment: &Environment) -> Result<(), Error> {
         let Some(id) = &environment.access_request else {
             return Ok(());
         };
@@ -895,7 +895,7 @@ impl Engine {
     }
 
     /// The secrets of a grant's profile that are environment variables, read now.
-    async fn grant_env(
+    pub(super) async fn grant_env(
         &self,
         environment: &Environment,
     ) -> Result<Vec<(String, crate::access::SecretValue)>, Error> {

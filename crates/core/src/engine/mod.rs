@@ -36,6 +36,7 @@ mod environments;
 mod identity;
 mod pool;
 mod reconcile;
+mod sessions;
 
 pub use access::SweepReport;
 pub use pool::PoolReport;
@@ -51,6 +52,7 @@ pub struct ReapReport {
 }
 pub use identity::ExternalIdentity;
 pub use reconcile::ReconcileReport;
+pub use sessions::SessionEnd;
 
 pub struct Engine {
     store: Arc<dyn Store>,
@@ -267,7 +269,11 @@ impl Engine {
             Err(error) => Err(error),
         };
         let (outcome, target, detail) = match &result {
-            Ok(reply) => ("ok", target.or_else(|| Self::reply_target(reply)), None),
+            Ok(reply) => (
+                "ok",
+                target.or_else(|| Self::reply_target(reply)),
+                Self::reply_detail(reply),
+            ),
             Err(error) => (error.outcome(), target, Some(error.to_string())),
         };
         self.audit(
@@ -287,6 +293,21 @@ impl Engine {
             Reply::Environment { environment, .. } => Some(environment.id.to_string()),
             Reply::User(user) => Some(user.id.to_string()),
             Reply::Token { record, .. } => Some(record.id.to_string()),
+            _ => None,
+        }
+    }
+
+    /// What the trail keeps of a reply besides its target.
+    fn reply_detail(reply: &Reply) -> Option<String> {
+        match reply {
+            Reply::Session(live) => Some(format!(
+                "session {} ({}): {}",
+                live.session.id,
+                live.session.kind.as_str(),
+                live.session.argv.join(" ")
+            )),
+            Reply::Copied(bytes) => Some(format!("{bytes} B written")),
+            Reply::File { size, .. } => Some(format!("{size} B read")),
             _ => None,
         }
     }
@@ -370,6 +391,24 @@ impl Engine {
                 self.require(principal, "whoami", &Resource::Server)?;
                 Ok(Reply::WhoAmI(principal.clone()))
             }
+            Action::StartSession(request) => self.start_session(principal, request).await,
+            Action::ListSessions(query) => self.list_sessions(principal, query).await,
+            Action::GetSession(id) | Action::GetRecording(id) => {
+                self.get_session(principal, &id).await
+            }
+            Action::CopyIn {
+                environment,
+                path,
+                mode,
+                contents,
+            } => {
+                self.copy_in(principal, &environment, path, mode, contents)
+                    .await
+            }
+            Action::CopyOut { environment, path } => {
+                self.copy_out(principal, &environment, path).await
+            }
+            Action::Proxy { environment, port } => self.proxy(principal, &environment, port).await,
         }
     }
 
