@@ -453,3 +453,61 @@ pub struct Problem {
 pub struct Health {
     pub status: String,
 }
+
+/// One session: a terminal, a streamed command or a port forward, as recorded.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct Session {
+    pub id: String,
+    pub environment_id: String,
+    /// Who opened it.
+    pub user_id: String,
+    /// `terminal`, `exec` or `port_forward`.
+    pub kind: String,
+    /// The command; for a port forward, the port.
+    pub argv: Vec<String>,
+    pub started_at: DateTime<Utc>,
+    /// Absent while it is open.
+    pub ended_at: Option<DateTime<Utc>>,
+    /// The command's exit code (128 + signal when killed); absent for port forwards and
+    /// sessions whose end the server did not see.
+    pub exit_code: Option<i32>,
+    pub bytes_in: u64,
+    pub bytes_out: u64,
+    /// Whether `GET /v1/sessions/{id}/recording` has an asciicast v2 recording.
+    pub recorded: bool,
+}
+
+/// A page of sessions, oldest first; pass `next_cursor` as `cursor` for the next page.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct SessionList {
+    pub items: Vec<Session>,
+    pub next_cursor: Option<String>,
+}
+
+/// A file written into an environment (`PUT /v1/environments/{id}/files`).
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct CopiedFile {
+    pub path: String,
+    pub size: u64,
+}
+
+/// A control message of a session's WebSocket, as JSON in a text frame. Data travels in
+/// binary frames whose first byte names the stream: 0 stdin (client to server), 1 stdout,
+/// 2 stderr (server to client); a port forward's frames are raw TCP bytes.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum SessionMessage {
+    /// Server: the session is open.
+    Started { session_id: String },
+    /// Client: the terminal's new size.
+    Resize { cols: u16, rows: u16 },
+    /// Client: send a signal (`INT`, `TERM`, `KILL`, `HUP`, …) to the command.
+    Signal { signal: String },
+    /// Client: no more stdin.
+    Eof,
+    /// Server: the command ended; the socket closes after this.
+    Exit { exit_code: i32, oom_killed: bool },
+    /// Server: the session ended without an exit code (the environment went away, the
+    /// server is shutting down); the socket closes after this.
+    Closed { reason: String },
+}

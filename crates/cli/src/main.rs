@@ -166,6 +166,13 @@ struct ServerArgs {
     /// (environments keep running either way).
     #[arg(long, env = "AIRLOCK_SHUTDOWN_GRACE", default_value_t = 30)]
     shutdown_grace: u64,
+    /// The largest file copied in or out of an environment (MiB).
+    #[arg(long, env = "AIRLOCK_COPY_LIMIT_MIB", default_value_t = 1024)]
+    copy_limit_mib: u64,
+    /// The largest recording of one terminal session (MiB); output past it is not recorded
+    /// (the recording says so).
+    #[arg(long, env = "AIRLOCK_RECORDING_LIMIT_MIB", default_value_t = 64)]
+    recording_limit_mib: u64,
     /// Environments created at once; more wait in a fair queue [default: 8].
     #[arg(long, env = "AIRLOCK_MAX_CONCURRENT_CREATES", default_value_t = 8)]
     max_concurrent_creates: usize,
@@ -323,6 +330,7 @@ async fn run_server(args: ServerArgs) -> anyhow::Result<()> {
                     .map(|cpus| (cpus.max(0.0) * 1000.0).round() as u64),
             },
             memory_reserve_mib: args.memory_reserve_mib,
+            copy_limit: args.copy_limit_mib.saturating_mul(1 << 20),
             warm_pool: args.warm_pool,
             admission: airlock_core::admission::AdmissionConfig {
                 concurrency: args.max_concurrent_creates.max(1),
@@ -333,6 +341,7 @@ async fn run_server(args: ServerArgs) -> anyhow::Result<()> {
         },
         reconcile_every: std::time::Duration::from_secs(args.reconcile_seconds.max(1)),
         shutdown_grace: std::time::Duration::from_secs(args.shutdown_grace),
+        recording_limit: args.recording_limit_mib.saturating_mul(1 << 20),
         egress: !args.no_egress,
         egress_allow: args.egress_allow,
         policy_file: args.policy_file,

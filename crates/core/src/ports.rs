@@ -281,7 +281,7 @@ pub struct Process {
     pub stdout: Reader,
     /// `None` on a terminal (stderr goes to stdout).
     pub stderr: Option<Reader>,
-    pub control: Box<dyn ProcessControl>,
+    pub control: std::sync::Arc<dyn ProcessControl>,
 }
 
 /// How a session's command ended.
@@ -299,8 +299,8 @@ pub trait ProcessControl: Send + Sync {
     fn resize(&self, size: TerminalSize) -> Result<(), RuntimeError>;
     /// Sends `signal` to the command.
     fn signal(&self, signal: Signal) -> Result<(), RuntimeError>;
-    /// Waits until the command has ended. Cancel-safe.
-    async fn wait(&mut self) -> Result<ProcessExit, RuntimeError>;
+    /// Waits until the command has ended. Cancel-safe; may be called again (the same answer).
+    async fn wait(&self) -> Result<ProcessExit, RuntimeError>;
 }
 
 /// What the runtime sees of a sandbox on the host.

@@ -241,7 +241,7 @@ impl Runtime for FakeRuntime {
                 .tty
                 .is_none()
                 .then(|| Box::pin(tokio::io::empty()) as Reader),
-            control: Box::new(FakeProcess { signals, exited }),
+            control: std::sync::Arc::new(FakeProcess { signals, exited }),
         })
     }
 
@@ -372,9 +372,9 @@ impl ProcessControl for FakeProcess {
         Ok(())
     }
 
-    async fn wait(&mut self) -> Result<ProcessExit, RuntimeError> {
-        let exit = self
-            .exited
+    async fn wait(&self) -> Result<ProcessExit, RuntimeError> {
+        let mut exited = self.exited.clone();
+        let exit = exited
             .wait_for(Option::is_some)
             .await
             .map_err(|_| RuntimeError::Failed("the fake command vanished".into()))?;

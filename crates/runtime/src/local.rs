@@ -758,14 +758,14 @@ impl Runtime for LocalRuntime {
             stdin,
             stdout,
             stderr,
-            control: Box::new(LocalProcess {
-                helper,
-                status: Some(status_read),
+            control: Arc::new(LocalProcess {
+                helper: tokio::sync::Mutex::new(helper),
+                status: std::sync::Mutex::new(Some(status_read)),
                 control: std::fs::File::from(control_write),
                 terminal,
                 cgroup,
                 oom_kills_before,
-                exit: None,
+                exit: std::sync::Mutex::new(None),
             }),
         })
     }

@@ -135,14 +135,14 @@ fn fd_as_file(fd: &OwnedFd) -> File {
 
 /// The helper running a session's command.
 pub struct LocalProcess {
-    pub(crate) helper: tokio::process::Child,
-    pub(crate) status: Option<OwnedFd>,
+    pub(crate) helper: tokio::sync::Mutex<tokio::process::Child>,
+    pub(crate) status: std::sync::Mutex<Option<OwnedFd>>,
     /// Signals go in here; dropping it kills the command.
     pub(crate) control: File,
     pub(crate) terminal: Option<Terminal>,
     pub(crate) cgroup: SandboxCgroup,
     pub(crate) oom_kills_before: u64,
-    pub(crate) exit: Option<ProcessExit>,
+    pub(crate) exit: std::sync::Mutex<Option<ProcessExit>>,
 }
 
 #[async_trait]
@@ -162,16 +162,17 @@ impl ProcessControl for LocalProcess {
             .map_err(|error| RuntimeError::Failed(format!("signalling the command: {error}")))
     }
 
-    async fn wait(&mut self) -> Result<ProcessExit, RuntimeError> {
-        if let Some(exit) = self.exit {
+    async fn wait(&self) -> Result<ProcessExit, RuntimeError> {
+        let mut helper = self.helper.lock().await;
+        if let Some(exit) = *self.exit.lock().expect("exit lock") {
             return Ok(exit);
         }
-        self.helper
+        helper
             .wait()
             .await
             .map_err(|error| RuntimeError::Failed(format!("waiting for the helper: {error}")))?;
         let mut text = Vec::new();
-        if let Some(status) = self.status.take() {
+        if let Some(status) = self.status.lock().expect("status lock").take() {
             let _ = File::from(status).read_to_end(&mut text);
         }
         let status: ExecStatus = serde_json::from_slice(&text)
@@ -187,7 +188,7 @@ impl ProcessControl for LocalProcess {
             exit_code: status.exit_code,
             oom_killed: self.cgroup.oom_kills() > self.oom_kills_before,
         };
-        self.exit = Some(exit);
+        *self.exit.lock().expect("exit lock") = Some(exit);
         Ok(exit)
     }
 }

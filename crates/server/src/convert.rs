@@ -290,3 +290,19 @@ pub fn token(record: TokenRecord) -> api::Token {
         last_used_at: record.last_used_at,
     }
 }
+
+pub fn session(session: airlock_core::session::Session) -> api::Session {
+    api::Session {
+        id: session.id.into(),
+        environment_id: session.environment.into(),
+        user_id: session.user.into(),
+        kind: session.kind.as_str().into(),
+        argv: session.argv,
+        started_at: session.started_at,
+        ended_at: session.ended_at,
+        exit_code: session.exit_code,
+        bytes_in: session.bytes_in,
+        bytes_out: session.bytes_out,
+        recorded: session.recorded,
+    }
+}

@@ -9,6 +9,7 @@ mod oidc;
 mod oidc_auth;
 mod openapi;
 mod secrets;
+mod sessions;
 mod startup;
 
 use std::future::Future;
@@ -21,7 +22,7 @@ use axum::extract::{DefaultBodyLimit, Request, State};
 use axum::http::{HeaderValue, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{delete, get, patch, post, put};
+use axum::routing::{any, delete, get, patch, post, put};
 use tokio::net::TcpListener;
 use tracing::Instrument;
 
@@ -39,6 +40,8 @@ pub struct AppState {
     pub engine: Arc<Engine>,
     /// Set when bearer JWTs of an OIDC issuer are accepted.
     pub oidc: Option<Arc<oidc_auth::OidcAuthenticator>>,
+    /// The sessions being relayed, and where their recordings go.
+    pub sessions: Arc<sessions::Sessions>,
 }
 
 /// The whole HTTP surface.
@@ -107,6 +110,29 @@ pub fn build_app(state: AppState) -> Router {
             post(handlers::revoke_access),
         )
         .route("/v1/whoami", get(handlers::whoami))
+        .route(
+            "/v1/environments/{id}/exec/stream",
+            get(handlers::exec_stream),
+        )
+        .route(
+            "/v1/environments/{id}/ports/{port}/forward",
+            get(handlers::port_forward),
+        )
+        .route(
+            "/v1/environments/{id}/files",
+            get(handlers::copy_out).put(handlers::copy_in),
+        )
+        .route(
+            "/v1/environments/{id}/proxy/{port}",
+            any(handlers::proxy),
+        )
+        .route(
+            "/v1/environments/{id}/proxy/{port}/{*path}",
+            any(handlers::proxy),
+        )
+        .route("/v1/sessions", get(handlers::list_sessions))
+        .route("/v1/sessions/{id}", get(handlers::get_session))
+        .route("/v1/sessions/{id}/recording", get(handlers::get_recording))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(BODY_LIMIT))

@@ -21,6 +21,7 @@ use tokio::net::TcpListener;
 
 use crate::oidc_auth::{OidcAuthenticator, OidcSettings};
 use crate::secrets::HostSecrets;
+use crate::sessions::Sessions;
 use crate::{AppState, build_app, serve};
 
 /// How often grants, expiries and idle timeouts are checked: "within a few seconds".
@@ -54,6 +55,8 @@ pub struct ServerConfig {
     pub oidc: Option<OidcSettings>,
     /// How long requests in flight may finish after SIGTERM before they are cancelled.
     pub shutdown_grace: Duration,
+    /// Bytes of one terminal session's recording at most.
+    pub recording_limit: u64,
 }
 
 /// A started server: where it listens, and the admin secret if this start created it.
@@ -64,6 +67,7 @@ pub struct Started {
     pub engine: Arc<Engine>,
     oidc: Option<Arc<OidcAuthenticator>>,
     shutdown_grace: Duration,
+    sessions: Arc<Sessions>,
     listener: TcpListener,
     _lock: Flock<fs::File>,
 }
@@ -124,6 +128,14 @@ pub async fn start(config: ServerConfig) -> Result<Started> {
         tracing::warn!(?swept, "ended access grants at start");
     }
 
+    let orphaned = engine
+        .end_orphaned_sessions()
+        .await
+        .context("ending the sessions of an earlier server")?;
+    if orphaned > 0 {
+        tracing::warn!(orphaned, "ended sessions an earlier server left open");
+    }
+
     let report = engine
         .reconcile()
         .await
@@ -169,6 +181,10 @@ pub async fn start(config: ServerConfig) -> Result<Started> {
         engine,
         oidc: oidc.map(Arc::new),
         shutdown_grace: config.shutdown_grace,
+        sessions: Arc::new(Sessions::new(
+            config.data_dir.join("recordings"),
+            config.recording_limit,
+        )),
         listener,
         _lock: lock,
     })
@@ -237,6 +253,7 @@ pub async fn run(started: Started, reconcile_every: Duration) -> Result<()> {
     let app = build_app(AppState {
         engine: started.engine.clone(),
         oidc: started.oidc.clone(),
+        sessions: started.sessions.clone(),
     });
     // On SIGTERM or SIGINT: stop accepting, let requests in flight finish for the grace
     // period, then cancel the rest (a cancelled create is reconciled at the next start).
@@ -249,6 +266,8 @@ pub async fn run(started: Started, reconcile_every: Duration) -> Result<()> {
     let served = tokio::select! {
         served = &mut server => served,
         _ = on_signal.wait_for(|signalled| *signalled) => {
+            // Sessions are not requests in flight: each ends now and records its end.
+            started.sessions.close_all(started.shutdown_grace).await;
             match tokio::time::timeout(started.shutdown_grace, &mut server).await {
                 Ok(served) => served,
                 Err(_) => {

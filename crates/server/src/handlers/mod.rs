@@ -1,14 +1,17 @@
 //! HTTP handlers: each turns a request into one core [`Action`], hands it to the engine, and
 //! turns the reply into a response. No handler changes state itself. One file per area:
-//! `environments`, `identity` (users, teams, tokens), `access` (profiles and requests).
+//! `environments`, `identity` (users, teams, tokens), `access` (profiles and requests),
+//! `sessions` (shells, streamed commands, port forwards, files, the proxy, recordings).
 
 mod access;
 mod environments;
 mod identity;
+mod sessions;
 
 pub use access::*;
 pub use environments::*;
 pub use identity::*;
+pub use sessions::*;
 
 use airlock_api as api;
 use airlock_core::ids::EnvironmentId;

@@ -1,0 +1,462 @@
+//! Live sessions: relaying a session's WebSocket to its command (or its TCP connection),
+//! writing terminal recordings, and closing every session at shutdown. The engine opened
+//! the session (authorized, audited, recorded it); here it runs until the command ends, the
+//! client leaves or the server stops, and then the engine records how it ended.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use airlock_api as api;
+use airlock_core::engine::SessionEnd;
+use airlock_core::ids::SessionId;
+use airlock_core::ports::{Connection, Process, ProcessExit, Reader};
+use airlock_core::session::{LiveSession, Recorder, Session, SessionIo, Signal, TerminalSize};
+use airlock_core::{Engine, Origin};
+use axum::extract::ws::{CloseFrame, Message, WebSocket};
+use tokio::io::{AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::sync::{Notify, mpsc, watch};
+
+/// How often an open session marks its environment as in use, and pings its client.
+const KEEP_ALIVE_EVERY: Duration = Duration::from_secs(30);
+
+/// How long output may still arrive after the command ended (a background process may hold
+/// its streams open forever).
+const DRAIN_AFTER_EXIT: Duration = Duration::from_millis(250);
+
+/// Bytes read from a stream at once.
+const CHUNK: usize = 32 * 1024;
+
+/// The sessions this server relays.
+pub struct Sessions {
+    recordings: PathBuf,
+    /// Bytes of one recording at most.
+    recording_limit: u64,
+    closing: watch::Sender<bool>,
+    open: AtomicUsize,
+    all_closed: Notify,
+}
+
+impl Sessions {
+    pub fn new(recordings: PathBuf, recording_limit: u64) -> Self {
+        Self {
+            recordings,
+            recording_limit,
+            closing: watch::channel(false).0,
+            open: AtomicUsize::new(0),
+            all_closed: Notify::new(),
+        }
+    }
+
+    /// Where a terminal session's asciicast recording is.
+    pub fn recording_path(&self, id: &SessionId) -> PathBuf {
+        self.recordings.join(format!("{id}.cast"))
+    }
+
+    pub fn open_count(&self) -> usize {
+        self.open.load(Ordering::SeqCst)
+    }
+
+    /// Ends every session (each records its end) and waits for them, at most `grace`.
+    pub async fn close_all(&self, grace: Duration) {
+        self.closing.send_replace(true);
+        let _ = tokio::time::timeout(grace, async {
+            loop {
+                let closed = self.all_closed.notified();
+                if self.open.load(Ordering::SeqCst) == 0 {
+                    return;
+                }
+                closed.await;
+            }
+        })
+        .await;
+    }
+
+    fn track(self: &Arc<Self>) -> Open {
+        self.open.fetch_add(1, Ordering::SeqCst);
+        Open(self.clone())
+    }
+}
+
+/// One open session, counted until dropped.
+struct Open(Arc<Sessions>);
+
+impl Drop for Open {
+    fn drop(&mut self) {
+        if self.0.open.fetch_sub(1, Ordering::SeqCst) == 1 {
+            self.0.all_closed.notify_waiters();
+        }
+    }
+}
+
+/// Runs a session that the engine opened over an upgraded WebSocket (recorded when it has a
+/// `terminal`, of that first size), then records its end.
+pub async fn run(
+    sessions: Arc<Sessions>,
+    engine: Arc<Engine>,
+    origin: Origin,
+    live: LiveSession,
+    terminal: Option<TerminalSize>,
+    socket: WebSocket,
+) {
+    let _open = sessions.track();
+    let LiveSession { session, io } = live;
+    let end = match io {
+        SessionIo::Process(process) => {
+            relay_process(&sessions, &engine, &session, process, terminal, socket).await
+        }
+        SessionIo::Connection(connection) => {
+            relay_connection(&sessions, &engine, &session, connection, socket).await
+        }
+    };
+    engine.end_session(&origin, &session, end).await;
+}
+
+/// Ends a session whose WebSocket never opened (the upgrade failed).
+pub async fn abandon(engine: Arc<Engine>, origin: Origin, live: LiveSession) {
+    drop(live.io);
+    engine
+        .end_session(&origin, &live.session, SessionEnd::default())
+        .await;
+}
+
+/// What the relay loop hears from the reader tasks.
+enum Output {
+    Data(u8, Vec<u8>),
+    Done,
+}
+
+/// Reads a stream in chunks into `sink`, tagged with its channel; says when it ended.
+fn pump(channel: u8, mut reader: Reader, sink: mpsc::Sender<Output>) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut buffer = vec![0u8; CHUNK];
+        loop {
+            match reader.read(&mut buffer).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => {
+                    if sink.send(Output::Data(channel, buffer[..n].to_vec())).await.is_err() {
+                        return;
+                    }
+                }
+            }
+        }
+        let _ = sink.send(Output::Done).await;
+    })
+}
+
+/// Appends a terminal session's recording to its file as it happens.
+struct Recording {
+    recorder: Recorder,
+    file: tokio::io::BufWriter<tokio::fs::File>,
+    started: Instant,
+}
+
+impl Recording {
+    async fn open(
+        sessions: &Sessions,
+        session: &Session,
+        size: TerminalSize,
+    ) -> std::io::Result<Self> {
+        tokio::fs::create_dir_all(&sessions.recordings).await?;
+        let file = tokio::fs::OpenOptions::new()
+            .create_new(true)
+            .write(true)
+            .mode(0o600)
+            .open(sessions.recording_path(&session.id))
+            .await?;
+        let (recorder, header) = Recorder::start(
+            size,
+            session.started_at,
+            &session.argv,
+            session.environment.as_str(),
+            sessions.recording_limit,
+        );
+        let mut file = tokio::io::BufWriter::new(file);
+        file.write_all(&header).await?;
+        Ok(Self {
+            recorder,
+            file,
+            started: Instant::now(),
+        })
+    }
+
+    async fn output(&mut self, bytes: &[u8]) {
+        let seconds = self.started.elapsed().as_secs_f64();
+        if let Some(line) = self.recorder.output(seconds, bytes) {
+            let _ = self.file.write_all(&line).await;
+        }
+    }
+
+    async fn resize(&mut self, size: TerminalSize) {
+        let seconds = self.started.elapsed().as_secs_f64();
+        if let Some(line) = self.recorder.resize(seconds, size) {
+            let _ = self.file.write_all(&line).await;
+        }
+    }
+
+    async fn finish(mut self) {
+        let _ = self.file.flush().await;
+        let _ = self.file.get_ref().sync_all().await;
+    }
+}
+
+fn control_message(message: &api::SessionMessage) -> Message {
+    Message::Text(
+        serde_json::to_string(message)
+            .expect("a session message serializes")
+            .into(),
+    )
+}
+
+async fn send_close(socket: &mut WebSocket, reason: &str) {
+    let _ = socket
+        .send(Message::Close(Some(CloseFrame {
+            code: axum::extract::ws::close_code::NORMAL,
+            reason: reason.into(),
+        })))
+        .await;
+}
+
+async fn relay_process(
+    sessions: &Arc<Sessions>,
+    engine: &Arc<Engine>,
+    session: &Session,
+    process: Process,
+    terminal: Option<TerminalSize>,
+    mut socket: WebSocket,
+) -> SessionEnd {
+    let Process {
+        mut stdin,
+        stdout,
+        stderr,
+        control,
+    } = process;
+    let mut end = SessionEnd::default();
+    let mut recording = match terminal {
+        Some(size) => match Recording::open(sessions, session, size).await {
+            Ok(recording) => Some(recording),
+            Err(error) => {
+                // A session that cannot be recorded does not run.
+                tracing::error!(%error, session = %session.id, "cannot write the recording");
+                let _ = control.signal(Signal::Kill);
+                send_close(&mut socket, "the session cannot be recorded").await;
+                return end;
+            }
+        },
+        None => None,
+    };
+    let _ = socket
+        .send(control_message(&api::SessionMessage::Started {
+            session_id: session.id.to_string(),
+        }))
+        .await;
+
+    let (sink, mut output) = mpsc::channel(16);
+    let mut streams = 1;
+    let stdout_task = pump(1, stdout, sink.clone());
+    let stderr_task = stderr.map(|stderr| {
+        streams += 1;
+        pump(2, stderr, sink.clone())
+    });
+    drop(sink);
+
+    let mut closing = sessions.closing.subscribe();
+    let mut keep_alive = tokio::time::interval(KEEP_ALIVE_EVERY);
+    keep_alive.tick().await;
+    let waiting = control.clone();
+    let exited = async move { waiting.wait().await };
+    tokio::pin!(exited);
+    let mut stdin_open = true;
+    let mut exit: Option<ProcessExit> = None;
+    let mut drain_until: Option<tokio::time::Instant> = None;
+    let reason = loop {
+        let draining = async {
+            match drain_until {
+                Some(deadline) => tokio::time::sleep_until(deadline).await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            message = socket.recv() => match message {
+                Some(Ok(Message::Binary(data))) => {
+                    if data.first() == Some(&0) && stdin_open {
+                        end.bytes_in += data.len() as u64 - 1;
+                        if stdin.write_all(&data[1..]).await.is_err() {
+                            stdin_open = false;
+                        }
+                        let _ = stdin.flush().await;
+                    }
+                }
+                Some(Ok(Message::Text(text))) => {
+                    match serde_json::from_str::<api::SessionMessage>(&text) {
+                        Ok(api::SessionMessage::Resize { cols, rows }) => {
+                            if let Ok(size) = TerminalSize::new(cols, rows) {
+                                let _ = control.resize(size);
+                                if let Some(recording) = recording.as_mut() {
+                                    recording.resize(size).await;
+                                }
+                            }
+                        }
+                        Ok(api::SessionMessage::Signal { signal }) => {
+                            if let Ok(signal) = signal.parse::<Signal>() {
+                                let _ = control.signal(signal);
+                            }
+                        }
+                        Ok(api::SessionMessage::Eof) => {
+                            let _ = stdin.shutdown().await;
+                            stdin_open = false;
+                            // Closing a pipe is the end of input; a terminal needs ^D.
+                            stdin = Box::pin(tokio::io::sink());
+                        }
+                        _ => {}
+                    }
+                }
+                Some(Ok(Message::Close(_))) | None | Some(Err(_)) => {
+                    // The client left: nobody sees the command's output any more.
+                    let _ = control.signal(Signal::Kill);
+                    break None;
+                }
+                Some(Ok(_)) => {}
+            },
+            chunk = output.recv() => match chunk {
+                Some(Output::Data(channel, data)) => {
+                    end.bytes_out += data.len() as u64;
+                    if let Some(recording) = recording.as_mut() {
+                        recording.output(&data).await;
+                    }
+                    let mut frame = Vec::with_capacity(data.len() + 1);
+                    frame.push(channel);
+                    frame.extend_from_slice(&data);
+                    if socket.send(Message::Binary(frame.into())).await.is_err() {
+                        let _ = control.signal(Signal::Kill);
+                        break None;
+                    }
+                }
+                Some(Output::Done) => {
+                    streams -= 1;
+                    if streams == 0 && exit.is_some() {
+                        break Some("exit");
+                    }
+                }
+                None => {
+                    if exit.is_some() {
+                        break Some("exit");
+                    }
+                }
+            },
+            result = &mut exited, if exit.is_none() => {
+                match result {
+                    Ok(status) => {
+                        exit = Some(status);
+                        if streams == 0 {
+                            break Some("exit");
+                        }
+                        drain_until = Some(tokio::time::Instant::now() + DRAIN_AFTER_EXIT);
+                    }
+                    Err(error) => {
+                        tracing::warn!(%error, session = %session.id, "lost a session's command");
+                        break Some("the command was lost");
+                    }
+                }
+            },
+            () = draining => break Some("exit"),
+            () = closed(&mut closing) => {
+                let _ = control.signal(Signal::Kill);
+                break Some("the server is shutting down");
+            }
+            _ = keep_alive.tick() => {
+                engine.keep_alive(session).await;
+                let _ = socket.send(Message::Ping(Default::default())).await;
+            }
+        }
+    };
+    stdout_task.abort();
+    if let Some(task) = stderr_task {
+        task.abort();
+    }
+    if let Some(recording) = recording {
+        recording.finish().await;
+    }
+    end.exit = exit;
+    match (reason, exit) {
+        (Some(_), Some(exit)) => {
+            let _ = socket
+                .send(control_message(&api::SessionMessage::Exit {
+                    exit_code: exit.exit_code,
+                    oom_killed: exit.oom_killed,
+                }))
+                .await;
+            send_close(&mut socket, "exit").await;
+        }
+        (Some(reason), None) => {
+            let _ = socket
+                .send(control_message(&api::SessionMessage::Closed {
+                    reason: reason.into(),
+                }))
+                .await;
+            send_close(&mut socket, reason).await;
+        }
+        (None, _) => {}
+    }
+    end
+}
+
+async fn relay_connection(
+    sessions: &Arc<Sessions>,
+    engine: &Arc<Engine>,
+    session: &Session,
+    connection: Box<dyn Connection>,
+    mut socket: WebSocket,
+) -> SessionEnd {
+    let mut end = SessionEnd::default();
+    let (reader, mut writer) = tokio::io::split(connection);
+    let (sink, mut output) = mpsc::channel(16);
+    let reading = pump(1, Box::pin(reader), sink);
+    let mut closing = sessions.closing.subscribe();
+    let mut keep_alive = tokio::time::interval(KEEP_ALIVE_EVERY);
+    keep_alive.tick().await;
+    let reason = loop {
+        tokio::select! {
+            message = socket.recv() => match message {
+                Some(Ok(Message::Binary(data))) => {
+                    end.bytes_in += data.len() as u64;
+                    if write_all(&mut writer, &data).await.is_err() {
+                        break Some("the connection closed");
+                    }
+                }
+                Some(Ok(Message::Close(_))) | None | Some(Err(_)) => break None,
+                Some(Ok(_)) => {}
+            },
+            chunk = output.recv() => match chunk {
+                Some(Output::Data(_, data)) => {
+                    end.bytes_out += data.len() as u64;
+                    if socket.send(Message::Binary(data.into())).await.is_err() {
+                        break None;
+                    }
+                }
+                Some(Output::Done) | None => break Some("the connection closed"),
+            },
+            () = closed(&mut closing) => break Some("the server is shutting down"),
+            _ = keep_alive.tick() => {
+                engine.keep_alive(session).await;
+                let _ = socket.send(Message::Ping(Default::default())).await;
+            }
+        }
+    };
+    reading.abort();
+    if let Some(reason) = reason {
+        send_close(&mut socket, reason).await;
+    }
+    end
+}
+
+/// Resolves once the server starts shutting down.
+async fn closed(closing: &mut watch::Receiver<bool>) {
+    let _ = closing.wait_for(|closing| *closing).await;
+}
+
+async fn write_all(writer: &mut (impl AsyncWrite + Unpin), data: &[u8]) -> std::io::Result<()> {
+    writer.write_all(data).await?;
+    writer.flush().await
+}
