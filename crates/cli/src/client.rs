@@ -12,6 +12,10 @@ use serde::{Deserialize, Serialize};
 
 use crate::Connection;
 
+/// A session's WebSocket.
+pub type WebSocket =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
 const DEFAULT_URL: &str = "http://127.0.0.1:7700";
 
 /// `~/.config/airlock/config.json` (or `$AIRLOCK_CONFIG`).
@@ -111,6 +115,75 @@ impl Client {
             .map(|_| ())
     }
 
+    /// A request whose answer is streamed (a file, a recording); errors as for `send`.
+    pub async fn fetch(&self, path: &str) -> Result<reqwest::Response> {
+        self.request(Method::GET, path, None::<&()>, &[]).await
+    }
+
+    /// Sends `body` as raw bytes and reads the JSON answer.
+    pub async fn upload<T: DeserializeOwned>(
+        &self,
+        method: Method,
+        path: &str,
+        body: reqwest::Body,
+    ) -> Result<T> {
+        let request = self
+            .http
+            .request(method, format!("{}{path}", self.base))
+            .bearer_auth(&self.token)
+            .header("content-type", "application/octet-stream")
+            .body(body);
+        self.answer(request)
+            .await?
+            .json()
+            .await
+            .context("reading the server's answer")
+    }
+
+    /// Opens a WebSocket to `path` (a session). A refusal before the upgrade is reported
+    /// like any other request's.
+    pub async fn websocket(&self, path: &str) -> Result<WebSocket> {
+        use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+        let url = if let Some(rest) = self.base.strip_prefix("https://") {
+            format!("wss://{rest}{path}")
+        } else if let Some(rest) = self.base.strip_prefix("http://") {
+            format!("ws://{rest}{path}")
+        } else {
+            bail!("the server URL {} is neither http:// nor https://", self.base);
+        };
+        let mut request = url
+            .into_client_request()
+            .context("building the WebSocket request")?;
+        request.headers_mut().insert(
+            "authorization",
+            format!("Bearer {}", self.token)
+                .parse()
+                .context("the token is not a valid header")?,
+        );
+        match tokio_tungstenite::connect_async(request).await {
+            Ok((socket, _)) => Ok(socket),
+            Err(tokio_tungstenite::tungstenite::Error::Http(response)) => {
+                let status = response.status();
+                let problem = response
+                    .body()
+                    .as_deref()
+                    .and_then(|body| serde_json::from_slice::<Problem>(body).ok());
+                match problem {
+                    Some(Problem {
+                        title,
+                        detail: Some(detail),
+                        ..
+                    }) => bail!("{title} ({}): {detail}", status.as_u16()),
+                    Some(problem) => bail!("{} ({})", problem.title, status.as_u16()),
+                    None => bail!("the server answered {status}"),
+                }
+            }
+            Err(error) => {
+                Err(error).with_context(|| format!("cannot reach airlock at {}", self.base))
+            }
+        }
+    }
+
     async fn request(
         &self,
         method: Method,
@@ -128,6 +201,11 @@ impl Client {
         if let Some(body) = body {
             request = request.json(body);
         }
+        self.answer(request).await
+    }
+
+    /// Sends a request; a refusal becomes an error naming the problem.
+    async fn answer(&self, request: reqwest::RequestBuilder) -> Result<reqwest::Response> {
         let response = request
             .send()
             .await

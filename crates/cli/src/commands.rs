@@ -95,6 +95,13 @@ pub enum EnvCommand {
         /// Send this process's standard input to the command.
         #[arg(long, short = 'i')]
         stdin: bool,
+        /// Run it on a terminal (as `airlock shell` does), streamed and recorded.
+        #[arg(long, short = 't')]
+        tty: bool,
+        /// Stream its output as it comes (and with -i, standard input as it comes), over a
+        /// WebSocket session, instead of waiting for it to end. Signals (^C) go to it.
+        #[arg(long)]
+        stream: bool,
         #[arg(last = true, required = true)]
         command: Vec<String>,
     },
@@ -157,7 +164,7 @@ pub enum TokenCommand {
 }
 
 /// Turns a name into an id (ids pass through).
-async fn resolve(client: &Client, reference: &str) -> Result<String> {
+pub(crate) async fn resolve(client: &Client, reference: &str) -> Result<String> {
     if reference.starts_with("env_") {
         return Ok(reference.to_owned());
     }
@@ -314,10 +321,11 @@ pub async fn env(connection: &Connection, command: EnvCommand) -> Result<i32> {
             env,
             cwd,
             stdin,
+            tty,
+            stream,
             command,
         } => {
-            let id = resolve(&client, &environment).await?;
-            let env = env
+            let pairs: Vec<(String, String)> = env
                 .iter()
                 .map(|pair| {
                     pair.split_once('=')
@@ -325,6 +333,18 @@ pub async fn env(connection: &Connection, command: EnvCommand) -> Result<i32> {
                         .context("--env takes KEY=VALUE")
                 })
                 .collect::<Result<_>>()?;
+            if tty || stream {
+                let options = crate::sessions::Stream {
+                    argv: command,
+                    tty,
+                    env: pairs,
+                    cwd,
+                    stdin,
+                };
+                return crate::sessions::stream(&client, &environment, options).await;
+            }
+            let id = resolve(&client, &environment).await?;
+            let env = pairs.into_iter().collect();
             let stdin = if stdin {
                 let mut input = String::new();
                 std::io::stdin()

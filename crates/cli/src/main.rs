@@ -6,6 +6,7 @@ mod access;
 mod client;
 mod commands;
 mod output;
+mod sessions;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -59,6 +60,29 @@ enum Command {
     /// Ask for, approve, deny and revoke time-boxed access; manage access profiles.
     #[command(subcommand)]
     Access(access::AccessCommand),
+    /// Open a terminal in an environment, like ssh: a login shell, or the command given
+    /// after `--`; exits with its exit code. The session is recorded.
+    Shell {
+        environment: String,
+        #[arg(last = true)]
+        command: Vec<String>,
+    },
+    /// Copy a file into or out of a running environment: `cp ./f ENV:/path` or
+    /// `cp ENV:/path ./f` (`-` for standard input or output).
+    Cp { source: String, target: String },
+    /// Reach a TCP port inside an environment at a local port: `port-forward ENV 8080` or
+    /// `port-forward ENV 9000:8080`.
+    PortForward {
+        environment: String,
+        #[arg(value_name = "[LOCAL:]REMOTE")]
+        ports: String,
+        /// The local address to listen on.
+        #[arg(long, default_value = "127.0.0.1")]
+        address: String,
+    },
+    /// List sessions, show one, replay a terminal session's recording.
+    #[command(subcommand)]
+    Session(sessions::SessionCommand),
     /// Show who the current token belongs to.
     Whoami,
     /// Destroy every environment's sandbox in a data directory (the server must be stopped).
@@ -274,6 +298,27 @@ fn main() -> ExitCode {
             Command::Team(command) => access::team(&cli.connection, command).await,
             Command::Access(command) => access::access(&cli.connection, command).await,
             Command::Whoami => commands::whoami(&cli.connection).await,
+            Command::Shell {
+                environment,
+                command,
+            } => {
+                let client = client::Client::new(&cli.connection)?;
+                let options = sessions::Stream {
+                    argv: command,
+                    tty: true,
+                    env: Vec::new(),
+                    cwd: None,
+                    stdin: true,
+                };
+                sessions::stream(&client, &environment, options).await
+            }
+            Command::Cp { source, target } => sessions::copy(&cli.connection, &source, &target).await,
+            Command::PortForward {
+                environment,
+                ports,
+                address,
+            } => sessions::port_forward(&cli.connection, &environment, &ports, &address).await,
+            Command::Session(command) => sessions::session(&cli.connection, command).await,
             Command::Login { url, token } => commands::login(&url, &token).map(|()| 0),
             Command::Purge { data_dir } => {
                 let count = airlock_server::purge(&data_dir, std::env::current_exe()?).await?;
