@@ -149,7 +149,10 @@ impl Client {
         } else if let Some(rest) = self.base.strip_prefix("http://") {
             format!("ws://{rest}{path}")
         } else {
-            bail!("the server URL {} is neither http:// nor https://", self.base);
+            bail!(
+                "the server URL {} is neither http:// nor https://",
+                self.base
+            );
         };
         let mut request = url
             .into_client_request()

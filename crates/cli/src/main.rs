@@ -312,7 +312,9 @@ fn main() -> ExitCode {
                 };
                 sessions::stream(&client, &environment, options).await
             }
-            Command::Cp { source, target } => sessions::copy(&cli.connection, &source, &target).await,
+            Command::Cp { source, target } => {
+                sessions::copy(&cli.connection, &source, &target).await
+            }
             Command::PortForward {
                 environment,
                 ports,

@@ -140,7 +140,10 @@ pub async fn stream(client: &Client, environment: &str, options: Stream) -> Resu
         query.push(format!("cwd={}", path_segment(cwd)));
     }
     let socket = client
-        .websocket(&format!("/v1/environments/{id}/exec/stream?{}", query.join("&")))
+        .websocket(&format!(
+            "/v1/environments/{id}/exec/stream?{}",
+            query.join("&")
+        ))
         .await?;
     // Raw mode only when both ends are terminals: keys (^C too) go inside as typed.
     let local_terminal = options.tty && nix::unistd::isatty(0).unwrap_or(false);
@@ -273,7 +276,8 @@ pub async fn copy(connection: &Connection, source: &str, target: &str) -> Result
             let copied: Result<()> = async {
                 use tokio::io::AsyncWriteExt;
                 while let Some(chunk) = body.next().await {
-                    file.write_all(&chunk.context("receiving the file")?).await?;
+                    file.write_all(&chunk.context("receiving the file")?)
+                        .await?;
                 }
                 file.sync_all().await?;
                 Ok(())
@@ -411,11 +415,7 @@ async fn forward(stream: tokio::net::TcpStream, socket: WebSocket) {
     let downstream = async {
         while let Some(Ok(message)) = source.next().await {
             match message {
-                Message::Binary(data) => {
-                    if writer.write_all(&data).await.is_err() {
-                        break;
-                    }
-                }
+                Message::Binary(data) if writer.write_all(&data).await.is_err() => break,
                 Message::Close(_) => break,
                 _ => {}
             }
@@ -484,7 +484,10 @@ pub async fn session(connection: &Connection, command: SessionCommand) -> Result
             raw,
         } => {
             let recording = client
-                .fetch(&format!("/v1/sessions/{}/recording", path_segment(&session)))
+                .fetch(&format!(
+                    "/v1/sessions/{}/recording",
+                    path_segment(&session)
+                ))
                 .await?
                 .bytes()
                 .await

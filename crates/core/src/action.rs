@@ -11,13 +11,13 @@ use serde::Serialize;
 
 use crate::access::{AccessProfile, AccessRequest, AccessState, SecretMount};
 use crate::ids::{AccessRequestId, EnvironmentId, Name, SessionId, TokenId, UserId};
-use crate::ports::{Connection, Reader};
-use crate::session::{LiveSession, Session, SessionKind, TerminalSize};
 use crate::model::{
     Environment, ExecOutput, NetworkMode, Party, Principal, Quota, Role, Scope, Team, TokenRecord,
     Usage, User,
 };
+use crate::ports::{Connection, Reader};
 use crate::secret::Secret;
+use crate::session::{LiveSession, Session, SessionKind, TerminalSize};
 
 #[derive(Debug)]
 pub enum Action {

@@ -5,18 +5,18 @@ use std::pin::Pin;
 use std::sync::Mutex;
 
 use async_trait::async_trait;
-use tokio::io::{AsyncRead, AsyncWrite};
 use chrono::{DateTime, Utc};
+use tokio::io::{AsyncRead, AsyncWrite};
 
 use crate::access::{
     AccessProfile, AccessRequest, AccessState, Approved, SandboxFile, SecretSource, SecretValue,
 };
 use crate::ids::{AccessRequestId, EnvironmentId, Name, SessionId, TokenId, UserId};
-use crate::session::{Session, Signal, TerminalSize};
 use crate::model::{
     AuditEvent, EnvState, Environment, ExecOutput, ExecSpec, NetworkMode, Quota, Resources, Team,
     TokenRecord, Usage, User,
 };
+use crate::session::{Session, Signal, TerminalSize};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -387,8 +387,11 @@ pub trait Runtime: Send + Sync + 'static {
     /// Opens a regular file of the running sandbox for reading, `path` resolved inside its
     /// root as the sandbox sees it (symbolic links included, never leading out): its size
     /// and its bytes.
-    async fn read_file(&self, id: &EnvironmentId, path: &str)
-    -> Result<(u64, Reader), RuntimeError>;
+    async fn read_file(
+        &self,
+        id: &EnvironmentId,
+        path: &str,
+    ) -> Result<(u64, Reader), RuntimeError>;
     /// Writes `contents` to a file of the running sandbox (resolved like `read_file`), with
     /// `mode`. Nothing is left at `path` unless all of it, at most `limit` bytes, arrived:
     /// it is written beside it and renamed into place. Returns the bytes written.

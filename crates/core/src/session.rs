@@ -162,7 +162,9 @@ impl Signal {
     }
 
     pub fn from_number(number: i32) -> Option<Self> {
-        Self::ALL.into_iter().find(|signal| signal.number() == number)
+        Self::ALL
+            .into_iter()
+            .find(|signal| signal.number() == number)
     }
 }
 
@@ -313,13 +315,8 @@ mod tests {
 
     #[test]
     fn utf8_split_across_chunks_waits_for_its_end() {
-        let (mut recorder, _) = Recorder::start(
-            TerminalSize::DEFAULT,
-            Utc::now(),
-            &[],
-            "t",
-            1 << 20,
-        );
+        let (mut recorder, _) =
+            Recorder::start(TerminalSize::DEFAULT, Utc::now(), &[], "t", 1 << 20);
         let snowman = "☃".as_bytes();
         assert_eq!(recorder.output(0.1, &snowman[..1]), None);
         let line = recorder.output(0.2, &snowman[1..]).unwrap();

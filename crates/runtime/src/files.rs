@@ -97,7 +97,9 @@ pub enum PathError {
 
 fn check_path(path: &str) -> Result<(), PathError> {
     if !path.starts_with('/') {
-        return Err(PathError::Refused(format!("{path:?} is not an absolute path")));
+        return Err(PathError::Refused(format!(
+            "{path:?} is not an absolute path"
+        )));
     }
     if path.len() > MAX_PATH || path.contains('\0') {
         return Err(PathError::Refused(
@@ -284,8 +286,7 @@ mod tests {
         std::fs::write(root.path().join("inside"), "hello").unwrap();
         std::fs::create_dir(root.path().join("dir")).unwrap();
         // An absolute link and a relative one climbing out: both stay in the root.
-        std::os::unix::fs::symlink(outside.path().join("secret"), root.path().join("abs"))
-            .unwrap();
+        std::os::unix::fs::symlink(outside.path().join("secret"), root.path().join("abs")).unwrap();
         std::os::unix::fs::symlink("../../../../../../../etc/hostname", root.path().join("rel"))
             .unwrap();
         let root_fd = root_of(root.path());
@@ -301,7 +302,12 @@ mod tests {
             let error = open_inside(&root_fd, path).unwrap_err().to_string();
             assert!(error.contains("no such file"), "{path}: {error}");
         }
-        assert!(open_inside(&root_fd, "/dir").unwrap_err().to_string().contains("directory"));
+        assert!(
+            open_inside(&root_fd, "/dir")
+                .unwrap_err()
+                .to_string()
+                .contains("directory")
+        );
         assert!(open_inside(&root_fd, "relative").is_err());
     }
 
@@ -316,13 +322,23 @@ mod tests {
         let (upload, mut file) = Upload::begin(&root_fd, "/new", 0o640).unwrap();
         file.write_all(b"partial").unwrap();
         drop(upload);
-        assert_eq!(std::fs::read_dir(root.path()).unwrap().count(), 2, "the temporary is gone");
+        assert_eq!(
+            std::fs::read_dir(root.path()).unwrap().count(),
+            2,
+            "the temporary is gone"
+        );
 
         let (upload, mut file) = Upload::begin(&root_fd, "/new", 0o640).unwrap();
         file.write_all(b"whole").unwrap();
         upload.commit().unwrap();
-        assert_eq!(std::fs::read_to_string(root.path().join("new")).unwrap(), "whole");
-        let mode = std::fs::metadata(root.path().join("new")).unwrap().permissions().mode();
+        assert_eq!(
+            std::fs::read_to_string(root.path().join("new")).unwrap(),
+            "whole"
+        );
+        let mode = std::fs::metadata(root.path().join("new"))
+            .unwrap()
+            .permissions()
+            .mode();
         assert_eq!(mode & 0o777, 0o640);
 
         // A directory link pointing out resolves inside (and is missing there); a link as

@@ -302,7 +302,11 @@ fn exec(state_root: &Path, id: &str, seccomp: &Path, command: Command) -> ExecSt
             };
         }
     };
-    let timed_out = !wait_for_exit(pid, timeout.map(|timeout| Instant::now() + timeout), control);
+    let timed_out = !wait_for_exit(
+        pid,
+        timeout.map(|timeout| Instant::now() + timeout),
+        control,
+    );
     if timed_out {
         crate::process_tree::kill_tree(pid);
     }

@@ -15,8 +15,8 @@ mod mounts;
 pub mod network;
 pub mod oci;
 mod process_tree;
-mod session;
 pub mod seccomp;
+mod session;
 
 pub use fake::FakeRuntime;
 pub use local::{LocalConfig, LocalRuntime};

@@ -38,17 +38,17 @@ use tokio::process::Command;
 
 use crate::cgroups::{self, SandboxCgroup};
 use crate::disk::{self, Disks};
+use crate::enter;
 use crate::files;
 use crate::helper::{
     self, CONTROL_FD, EXEC_ENV_VAR, ExecStatus, HELPER_ARG, HelperRequest, STATUS_FD,
 };
-use crate::session::{self, LocalProcess, Terminal};
-use crate::enter;
 use crate::image::{self, Image};
 use crate::mounts;
 use crate::network::{self, EgressConfig, EgressPlan};
 use crate::oci::{self, SpecInputs};
 use crate::seccomp::CompiledProfile;
+use crate::session::{self, LocalProcess, Terminal};
 
 /// The sandbox init, built by `build.rs`.
 const INIT_BINARY: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/airlock-init"));

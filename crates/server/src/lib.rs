@@ -122,10 +122,8 @@ pub fn build_app(state: AppState) -> Router {
             "/v1/environments/{id}/files",
             get(handlers::copy_out).put(handlers::copy_in),
         )
-        .route(
-            "/v1/environments/{id}/proxy/{port}",
-            any(handlers::proxy),
-        )
+        .route("/v1/environments/{id}/proxy/{port}", any(handlers::proxy))
+        .route("/v1/environments/{id}/proxy/{port}/", any(handlers::proxy))
         .route(
             "/v1/environments/{id}/proxy/{port}/{*path}",
             any(handlers::proxy),

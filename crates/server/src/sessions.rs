@@ -102,7 +102,7 @@ pub async fn run(
 ) {
     let _open = sessions.track();
     let LiveSession { session, io } = live;
-    let end = match io {
+    let mut ending = match io {
         SessionIo::Process(process) => {
             relay_process(&sessions, &engine, &session, process, terminal, socket).await
         }
@@ -110,7 +110,29 @@ pub async fn run(
             relay_connection(&sessions, &engine, &session, connection, socket).await
         }
     };
-    engine.end_session(&origin, &session, end).await;
+    // Recorded before the client hears the end, so what it reads next is already true.
+    engine.end_session(&origin, &session, ending.end).await;
+    for message in ending.farewell {
+        if ending.socket.send(message).await.is_err() {
+            break;
+        }
+    }
+}
+
+/// How a relay ended: what to record, and what to tell the client last.
+struct Ending {
+    end: SessionEnd,
+    socket: WebSocket,
+    /// The last messages (an exit code, a reason, the close frame); none when the client
+    /// left first.
+    farewell: Vec<Message>,
+}
+
+fn close_frame(reason: &str) -> Message {
+    Message::Close(Some(CloseFrame {
+        code: axum::extract::ws::close_code::NORMAL,
+        reason: reason.into(),
+    }))
 }
 
 /// Ends a session whose WebSocket never opened (the upgrade failed).
@@ -128,14 +150,22 @@ enum Output {
 }
 
 /// Reads a stream in chunks into `sink`, tagged with its channel; says when it ended.
-fn pump(channel: u8, mut reader: Reader, sink: mpsc::Sender<Output>) -> tokio::task::JoinHandle<()> {
+fn pump(
+    channel: u8,
+    mut reader: Reader,
+    sink: mpsc::Sender<Output>,
+) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
         let mut buffer = vec![0u8; CHUNK];
         loop {
             match reader.read(&mut buffer).await {
                 Ok(0) | Err(_) => break,
                 Ok(n) => {
-                    if sink.send(Output::Data(channel, buffer[..n].to_vec())).await.is_err() {
+                    if sink
+                        .send(Output::Data(channel, buffer[..n].to_vec()))
+                        .await
+                        .is_err()
+                    {
                         return;
                     }
                 }
@@ -209,15 +239,6 @@ fn control_message(message: &api::SessionMessage) -> Message {
     )
 }
 
-async fn send_close(socket: &mut WebSocket, reason: &str) {
-    let _ = socket
-        .send(Message::Close(Some(CloseFrame {
-            code: axum::extract::ws::close_code::NORMAL,
-            reason: reason.into(),
-        })))
-        .await;
-}
-
 async fn relay_process(
     sessions: &Arc<Sessions>,
     engine: &Arc<Engine>,
@@ -225,7 +246,7 @@ async fn relay_process(
     process: Process,
     terminal: Option<TerminalSize>,
     mut socket: WebSocket,
-) -> SessionEnd {
+) -> Ending {
     let Process {
         mut stdin,
         stdout,
@@ -240,8 +261,11 @@ async fn relay_process(
                 // A session that cannot be recorded does not run.
                 tracing::error!(%error, session = %session.id, "cannot write the recording");
                 let _ = control.signal(Signal::Kill);
-                send_close(&mut socket, "the session cannot be recorded").await;
-                return end;
+                return Ending {
+                    end,
+                    socket,
+                    farewell: vec![close_frame("the session cannot be recorded")],
+                };
             }
         },
         None => None,
@@ -379,27 +403,27 @@ async fn relay_process(
         recording.finish().await;
     }
     end.exit = exit;
-    match (reason, exit) {
-        (Some(_), Some(exit)) => {
-            let _ = socket
-                .send(control_message(&api::SessionMessage::Exit {
-                    exit_code: exit.exit_code,
-                    oom_killed: exit.oom_killed,
-                }))
-                .await;
-            send_close(&mut socket, "exit").await;
-        }
-        (Some(reason), None) => {
-            let _ = socket
-                .send(control_message(&api::SessionMessage::Closed {
-                    reason: reason.into(),
-                }))
-                .await;
-            send_close(&mut socket, reason).await;
-        }
-        (None, _) => {}
+    let farewell = match (reason, exit) {
+        (Some(_), Some(exit)) => vec![
+            control_message(&api::SessionMessage::Exit {
+                exit_code: exit.exit_code,
+                oom_killed: exit.oom_killed,
+            }),
+            close_frame("exit"),
+        ],
+        (Some(reason), None) => vec![
+            control_message(&api::SessionMessage::Closed {
+                reason: reason.into(),
+            }),
+            close_frame(reason),
+        ],
+        (None, _) => Vec::new(),
+    };
+    Ending {
+        end,
+        socket,
+        farewell,
     }
-    end
 }
 
 async fn relay_connection(
@@ -408,7 +432,7 @@ async fn relay_connection(
     session: &Session,
     connection: Box<dyn Connection>,
     mut socket: WebSocket,
-) -> SessionEnd {
+) -> Ending {
     let mut end = SessionEnd::default();
     let (reader, mut writer) = tokio::io::split(connection);
     let (sink, mut output) = mpsc::channel(16);
@@ -445,10 +469,11 @@ async fn relay_connection(
         }
     };
     reading.abort();
-    if let Some(reason) = reason {
-        send_close(&mut socket, reason).await;
+    Ending {
+        end,
+        socket,
+        farewell: reason.map(close_frame).into_iter().collect(),
     }
-    end
 }
 
 /// Resolves once the server starts shutting down.

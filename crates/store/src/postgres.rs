@@ -7,13 +7,13 @@ use std::time::Duration;
 
 use airlock_core::access::{AccessProfile, AccessRequest, AccessState, Approved};
 use airlock_core::ids::{AccessRequestId, EnvironmentId, Name, SessionId, TokenId, UserId};
-use airlock_core::session::Session;
 use airlock_core::model::{
     AuditEvent, EnvState, Environment, Quota, Resources, Team, TokenRecord, User,
 };
 use airlock_core::ports::{
     AccessQuery, Ceilings, Claimed, EnvironmentQuery, Inserted, SessionQuery, Store, StoreError,
 };
+use airlock_core::session::Session;
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use sqlx::postgres::{PgPoolOptions, PgRow};
@@ -781,7 +781,8 @@ impl Store for PostgresStore {
     async fn list_sessions(&self, query: &SessionQuery) -> Result<Vec<Session>, StoreError> {
         let mut sql = QueryBuilder::<Postgres>::new("SELECT * FROM sessions WHERE 1 = 1");
         if let Some(environment) = &query.environment {
-            sql.push(" AND environment_id = ").push_bind(environment.as_str());
+            sql.push(" AND environment_id = ")
+                .push_bind(environment.as_str());
         }
         if let Some(user) = &query.user {
             sql.push(" AND user_id = ").push_bind(user.as_str());
@@ -789,12 +790,9 @@ impl Store for PostgresStore {
         if let Some(after) = &query.after {
             sql.push(" AND id > ").push_bind(after.as_str());
         }
-        sql.push(" ORDER BY id LIMIT ").push_bind(query.limit as i64);
-        let rows = sql
-            .build()
-            .fetch_all(&self.pool)
-            .await
-            .map_err(backend)?;
+        sql.push(" ORDER BY id LIMIT ")
+            .push_bind(query.limit as i64);
+        let rows = sql.build().fetch_all(&self.pool).await.map_err(backend)?;
         rows.iter().map(records::session).collect()
     }
 

@@ -7,13 +7,13 @@ use std::time::Duration;
 
 use airlock_core::access::{AccessProfile, AccessRequest, AccessState, Approval, Approved};
 use airlock_core::ids::{AccessRequestId, EnvironmentId, Name, SessionId, TokenId, UserId};
-use airlock_core::session::Session;
 use airlock_core::model::{
     AuditEvent, EnvState, Environment, Quota, Resources, Team, TokenRecord, User,
 };
 use airlock_core::ports::{
     AccessQuery, Ceilings, Claimed, EnvironmentQuery, Inserted, SessionQuery, Store, StoreError,
 };
+use airlock_core::session::Session;
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
@@ -775,7 +775,8 @@ impl Store for SqliteStore {
     async fn list_sessions(&self, query: &SessionQuery) -> Result<Vec<Session>, StoreError> {
         let mut sql = QueryBuilder::<Sqlite>::new("SELECT * FROM sessions WHERE 1 = 1");
         if let Some(environment) = &query.environment {
-            sql.push(" AND environment_id = ").push_bind(environment.as_str());
+            sql.push(" AND environment_id = ")
+                .push_bind(environment.as_str());
         }
         if let Some(user) = &query.user {
             sql.push(" AND user_id = ").push_bind(user.as_str());
@@ -783,12 +784,9 @@ impl Store for SqliteStore {
         if let Some(after) = &query.after {
             sql.push(" AND id > ").push_bind(after.as_str());
         }
-        sql.push(" ORDER BY id LIMIT ").push_bind(query.limit as i64);
-        let rows = sql
-            .build()
-            .fetch_all(&self.pool)
-            .await
-            .map_err(backend)?;
+        sql.push(" ORDER BY id LIMIT ")
+            .push_bind(query.limit as i64);
+        let rows = sql.build().fetch_all(&self.pool).await.map_err(backend)?;
         rows.iter().map(records::session).collect()
     }
 

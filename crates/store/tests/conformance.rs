@@ -2079,7 +2079,11 @@ fn session(user: &User, environment: &EnvironmentId, kind: SessionKind, second: 
         environment: environment.clone(),
         user: user.id.clone(),
         kind,
-        argv: vec!["bash".into(), "-c".into(), "echo 'a \"quoted\" word'".into()],
+        argv: vec![
+            "bash".into(),
+            "-c".into(),
+            "echo 'a \"quoted\" word'".into(),
+        ],
         started_at: at(second),
         ended_at: None,
         exit_code: None,
@@ -2100,8 +2104,14 @@ async fn sessions_start_end_once_and_list(db: &Db) {
     for session in [&shell, &forward, &exec] {
         store.insert_session(session).await.unwrap();
     }
-    assert_eq!(store.get_session(&shell.id).await.unwrap().as_ref(), Some(&shell));
-    assert_eq!(store.get_session(&SessionId::generate()).await.unwrap(), None);
+    assert_eq!(
+        store.get_session(&shell.id).await.unwrap().as_ref(),
+        Some(&shell)
+    );
+    assert_eq!(
+        store.get_session(&SessionId::generate()).await.unwrap(),
+        None
+    );
 
     let ended = Session {
         ended_at: Some(at(10)),
@@ -2118,7 +2128,10 @@ async fn sessions_start_end_once_and_list(db: &Db) {
         ..ended.clone()
     };
     store.end_session(&again).await.unwrap();
-    assert_eq!(store.get_session(&shell.id).await.unwrap(), Some(ended.clone()));
+    assert_eq!(
+        store.get_session(&shell.id).await.unwrap(),
+        Some(ended.clone())
+    );
 
     let query = |environment: Option<&EnvironmentId>, user: Option<&User>, limit| SessionQuery {
         environment: environment.cloned(),
@@ -2131,8 +2144,14 @@ async fn sessions_start_end_once_and_list(db: &Db) {
         ids(&listed, |session| &session.id),
         sorted(&[&shell.id, &forward.id, &exec.id])
     );
-    let of_one = store.list_sessions(&query(Some(&one), None, 10)).await.unwrap();
-    assert_eq!(ids(&of_one, |session| &session.id), sorted(&[&shell.id, &exec.id]));
+    let of_one = store
+        .list_sessions(&query(Some(&one), None, 10))
+        .await
+        .unwrap();
+    assert_eq!(
+        ids(&of_one, |session| &session.id),
+        sorted(&[&shell.id, &exec.id])
+    );
     let of_alice_in_one = store
         .list_sessions(&query(Some(&one), Some(&alice), 10))
         .await

@@ -340,6 +340,11 @@ impl Api {
             .expect("request reaches the server")
     }
 
+    /// The bearer token, for clients other than this one (WebSockets, the CLI).
+    pub fn token(&self) -> &str {
+        self.token.as_deref().unwrap_or_default()
+    }
+
     /// The same principal against `server` as it is now (a restart moves it to a new port).
     pub fn on(&self, server: &Server) -> Api {
         Api {

@@ -758,7 +758,11 @@ impl Engine {
     /// Records a command (or, with `read`, a read) as activity. Both are frequent and a write
     /// is not free, so the time is kept to the minute; a command's to a quarter of the idle
     /// timeout when that is shorter. Lease renewals and starts always write.
-    pub(super) async fn note_activity(&self, environment: &Environment, read: bool) -> Result<(), Error> {
+    pub(super) async fn note_activity(
+        &self,
+        environment: &Environment,
+        read: bool,
+    ) -> Result<(), Error> {
         let mut resolution = chrono::Duration::minutes(1);
         if let (false, Some(timeout)) = (read, environment.idle_timeout) {
             let quarter = chrono::Duration::from_std(timeout / 4).unwrap_or(resolution);

@@ -53,9 +53,7 @@ impl Engine {
         principal: &Principal,
         request: NewSession,
     ) -> Result<Reply, Error> {
-        let environment = self
-            .load_running(principal, &request.environment)
-            .await?;
+        let environment = self.load_running(principal, &request.environment).await?;
         let (argv, io) = match request.kind {
             SessionKind::PortForward => {
                 let port = request
@@ -304,9 +302,11 @@ fn inside_error(error: RuntimeError) -> Error {
             Error::NotFound { kind: "file" }
         }
         RuntimeError::Path(why) => Invalid::new("path", why).into(),
-        RuntimeError::TooLarge(limit) => {
-            Invalid::new("contents", format!("larger than the limit of {limit} bytes")).into()
-        }
+        RuntimeError::TooLarge(limit) => Invalid::new(
+            "contents",
+            format!("larger than the limit of {limit} bytes"),
+        )
+        .into(),
         RuntimeError::PortClosed(port) => Error::Conflict(format!(
             "nothing accepts connections on port {port} in the environment"
         )),

@@ -9,8 +9,8 @@ use airlock_core::session::{SessionKind, TerminalSize};
 use airlock_core::{Action, Invalid, Reply};
 use axum::Json;
 use axum::body::Body;
-use axum::extract::ws::rejection::WebSocketUpgradeRejection;
 use axum::extract::ws::WebSocketUpgrade;
+use axum::extract::ws::rejection::WebSocketUpgradeRejection;
 use axum::extract::{Path, Query, RawQuery, Request, State};
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
@@ -85,7 +85,10 @@ fn stream_request(query: Option<&str>) -> std::result::Result<StreamQuery, Inval
         )?),
     };
     if !parsed.tty && parsed.argv.is_empty() {
-        return Err(Invalid::new("command", "name a program (or ask for a tty for a shell)"));
+        return Err(Invalid::new(
+            "command",
+            "name a program (or ask for a tty for a shell)",
+        ));
     }
     Ok(parsed)
 }
@@ -176,7 +179,13 @@ pub async fn port_forward(
 async fn parse_port(state: &AppState, caller: &Caller, action: &str, text: &str) -> Result<u16> {
     match text.parse::<u16>() {
         Ok(port) if port > 0 => Ok(port),
-        _ => Err(refuse(state, caller, action, Invalid::new("port", "must be 1 to 65535")).await),
+        _ => Err(refuse(
+            state,
+            caller,
+            action,
+            Invalid::new("port", "must be 1 to 65535"),
+        )
+        .await),
     }
 }
 
@@ -254,7 +263,10 @@ pub async fn copy_out(
     let body = Body::from_stream(tokio_util::io::ReaderStream::new(contents.0));
     Ok((
         [
-            (header::CONTENT_TYPE, HeaderValue::from_static("application/octet-stream")),
+            (
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/octet-stream"),
+            ),
             (header::CONTENT_LENGTH, HeaderValue::from(size)),
         ],
         body,
@@ -278,7 +290,11 @@ pub async fn copy_in(
     body: Body,
 ) -> Result<Response> {
     let id = environment_id(&state, &caller, "environment.copy_in", &id).await?;
-    let mode = match query.mode.as_deref().map(|mode| u32::from_str_radix(mode, 8)) {
+    let mode = match query
+        .mode
+        .as_deref()
+        .map(|mode| u32::from_str_radix(mode, 8))
+    {
         None => 0o644,
         Some(Ok(mode)) => mode,
         Some(Err(_)) => {
@@ -461,7 +477,12 @@ pub async fn list_sessions(
     }))
 }
 
-async fn session_id(state: &AppState, caller: &Caller, action: &str, text: &str) -> Result<SessionId> {
+async fn session_id(
+    state: &AppState,
+    caller: &Caller,
+    action: &str,
+    text: &str,
+) -> Result<SessionId> {
     match SessionId::parse(text) {
         Ok(id) => Ok(id),
         Err(_) => Err(refuse(
@@ -509,7 +530,8 @@ pub async fn get_recording(
     let Reply::SessionRecord(session) = reply else {
         return Err(unexpected(reply));
     };
-    let missing = || -> crate::error::ApiError { airlock_core::Error::not_found("recording").into() };
+    let missing =
+        || -> crate::error::ApiError { airlock_core::Error::not_found("recording").into() };
     if !session.recorded {
         return Err(missing());
     }
@@ -518,7 +540,10 @@ pub async fn get_recording(
         .map_err(|_| missing())?;
     let body = Body::from_stream(tokio_util::io::ReaderStream::new(file));
     Ok((
-        [(header::CONTENT_TYPE, HeaderValue::from_static("application/x-asciicast"))],
+        [(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/x-asciicast"),
+        )],
         body,
     )
         .into_response())
