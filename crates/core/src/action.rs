@@ -74,6 +74,8 @@ pub enum Action {
         reason: Option<String>,
     },
     WhoAmI,
+    /// How many environments and access requests are in each state, for `/metrics`.
+    ReadMetrics,
 }
 
 impl Action {
@@ -108,6 +110,7 @@ impl Action {
             Action::DenyAccess { .. } => "access.deny",
             Action::RevokeAccess { .. } => "access.revoke",
             Action::WhoAmI => "whoami",
+            Action::ReadMetrics => "metrics.read",
         }
     }
 
@@ -259,5 +262,14 @@ pub enum Reply {
         secret: Secret,
     },
     WhoAmI(Principal),
+    Metrics(StateCounts),
     Done,
+}
+
+/// How many environments and access requests are in each state now (every state listed,
+/// zero included): the gauges of `/metrics`. Approved requests are the active grants.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct StateCounts {
+    pub environments: Vec<(crate::model::EnvState, u64)>,
+    pub access_requests: Vec<(AccessState, u64)>,
 }
