@@ -425,9 +425,9 @@ async fn run_server(args: ServerArgs) -> anyhow::Result<()> {
         );
         println!("  {token}");
     }
-    println!("airlock listening on http://{}", started.address);
     if let Some(address) = started.metrics_address {
         println!("metrics on http://{address}/metrics");
     }
+    println!("airlock listening on http://{}", started.address);
     airlock_server::run(started, reconcile_every).await
 }

@@ -399,7 +399,11 @@ impl AuditObserver for Alerts {
             .observe(event);
         for alert in alerts {
             self.metrics.alert_raised(alert.kind);
-            tracing::warn!(kind = alert.kind, id = %alert.id, summary = %alert.summary, "alert");
+            if alert.severity == "info" {
+                tracing::info!(kind = alert.kind, id = %alert.id, summary = %alert.summary, "alert");
+            } else {
+                tracing::warn!(kind = alert.kind, id = %alert.id, summary = %alert.summary, "alert");
+            }
             let alert = Arc::new(alert);
             for queue in &self.queues {
                 if queue.try_send(alert.clone()).is_err() {
