@@ -43,7 +43,7 @@ pub struct Connection {
 #[derive(Subcommand)]
 enum Command {
     /// Run the airlock server.
-    Server(ServerArgs),
+    Server(Box<ServerArgs>),
     /// Create, list, inspect, stop, start, delete environments and run commands in them.
     #[command(subcommand, alias = "envs")]
     Env(commands::EnvCommand),
@@ -304,7 +304,7 @@ fn main() -> ExitCode {
     };
     let result = runtime.block_on(async move {
         match cli.command {
-            Command::Server(args) => run_server(args).await.map(|()| 0),
+            Command::Server(args) => run_server(*args).await.map(|()| 0),
             Command::Env(command) => commands::env(&cli.connection, command).await,
             Command::User(command) => commands::user(&cli.connection, command).await,
             Command::Token(command) => commands::token(&cli.connection, command).await,

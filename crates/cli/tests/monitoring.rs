@@ -498,10 +498,9 @@ impl Hook {
                         kept.lock().unwrap().push(delivery);
                         let status = {
                             let mut script = script.lock().unwrap();
-                            match script.as_mut() {
-                                None => None,
-                                Some(statuses) => Some(statuses.next().unwrap_or(200)),
-                            }
+                            script
+                                .as_mut()
+                                .map(|statuses| statuses.next().unwrap_or(200))
                         };
                         let Some(status) = status else {
                             // Never answer; hold the connection open.

@@ -717,6 +717,74 @@ mod tests {
         assert_eq!(detector.auth_failures.open.len(), 1);
     }
 
+    fn render(metrics: &Metrics) -> String {
+        let counts = airlock_core::action::StateCounts::default();
+        let admission = airlock_core::admission::AdmissionSnapshot {
+            running: 0,
+            waiting: [0; 4],
+            mean_hold: None,
+        };
+        metrics.render(&counts, &admission)
+    }
+
+    /// On a single-threaded runtime the delivery task cannot run while the observer does:
+    /// the queue holds one alert, the rest are dropped and counted, and nothing waited.
+    #[tokio::test]
+    async fn a_full_queue_drops_and_counts_instead_of_waiting() {
+        let metrics = Metrics::new();
+        let config = AlertConfig {
+            webhooks: vec!["http://127.0.0.1:9/".into()],
+            queue: 1,
+            attempts: 1,
+            ..AlertConfig::default()
+        };
+        let alerts = Alerts::start(config, metrics.clone()).unwrap();
+        for seconds in 0..5 {
+            alerts.observe(&event(seconds, "access.grant", "ok"), Duration::ZERO);
+        }
+        let page = render(&metrics);
+        assert!(
+            page.contains("\nairlock_alerts_total{kind=\"access_granted\"} 5\n"),
+            "{page}"
+        );
+        assert!(
+            page.contains("\nairlock_alerts_dropped_total 4\n"),
+            "{page}"
+        );
+    }
+
+    /// What observing costs an audited call (run with `--ignored --nocapture`; a measurement,
+    /// not a timed test).
+    #[test]
+    #[ignore]
+    fn observer_overhead_per_event() {
+        let metrics = Metrics::new();
+        let alerts = Alerts {
+            detector: Mutex::new(Detector::new(Thresholds::default())),
+            queues: Vec::new(),
+            metrics: metrics.clone(),
+        };
+        let events: Vec<AuditEvent> = (0..1000)
+            .map(|index| {
+                let outcome = ["ok", "not_found", "unauthenticated", "rate_limited"][index % 4];
+                from(
+                    &format!("198.51.100.{}", index % 250),
+                    event(index as i64 / 100, "environment.get", outcome),
+                )
+            })
+            .collect();
+        let rounds = 200;
+        let started = std::time::Instant::now();
+        for _ in 0..rounds {
+            for event in &events {
+                metrics.observe(event, Duration::from_micros(40));
+                alerts.observe(event, Duration::from_micros(40));
+            }
+        }
+        let per_event = started.elapsed() / (rounds * events.len() as u32);
+        println!("metrics + alerts observers: {per_event:?} per audit event");
+    }
+
     #[test]
     fn signatures_are_hmac_sha256_of_timestamp_dot_body() {
         // Computed independently (Python's hmac) over "0.what do ya want for nothing?".
