@@ -745,6 +745,8 @@ async fn a_webhook_that_never_answers_does_not_slow_the_api() {
         "1",
         "--alert-window",
         "1",
+        "--role-rate-limit",
+        "admin=100000/s",
     ]);
     let admin = server.admin();
     let stranger = server.client("alk_guessing");
@@ -760,7 +762,10 @@ async fn a_webhook_that_never_answers_does_not_slow_the_api() {
             let (status, _) = api.get("/v1/whoami").await;
             slowest = slowest.max(call.elapsed());
             calls += 1;
-            assert!(matches!(status, StatusCode::OK | StatusCode::UNAUTHORIZED));
+            assert!(
+                matches!(status, StatusCode::OK | StatusCode::UNAUTHORIZED),
+                "{status}"
+            );
         }
     }
     silent
@@ -779,6 +784,64 @@ async fn a_webhook_that_never_answers_does_not_slow_the_api() {
         ),
         0.0
     );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_oom_kill_and_an_orphan_removed_at_start_reach_the_webhook() {
+    if !can_run_sandboxes("an_oom_kill_and_an_orphan_removed_at_start_reach_the_webhook") {
+        return;
+    }
+    let hook = Hook::start(Some(Vec::new())).await;
+    let mut server = Server::start_with(&["--webhook", &hook.url]);
+    let admin = server.admin();
+    let small = admin
+        .create(json!({ "name": "small", "resources": { "memory_mib": 64 } }))
+        .await;
+    let (status, result) = admin
+        .post(
+            &format!("/v1/environments/{small}/exec"),
+            json!({ "command": ["python3", "-c", "b = bytearray(200 * 1024 * 1024)"] }),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{result}");
+    assert_eq!(result["oom_killed"], true, "{result}");
+    let received = hook
+        .wait_for(Duration::from_secs(20), |received| !received.is_empty())
+        .await;
+    let alert = received[0].json();
+    assert_eq!(alert["kind"], "oom_kill", "{alert}");
+    assert_eq!(alert["target"], small.as_str());
+    let page = scrape(&admin).await;
+    assert_eq!(page.value("airlock_oom_kills_total", &[]), 1.0);
+    assert_eq!(
+        page.value("airlock_alerts_total", &[("kind", "oom_kill")]),
+        1.0
+    );
+
+    // A crash leaves a sandbox directory no record claims; the next start removes it and
+    // says so.
+    server.kill();
+    let orphan = airlock_core::ids::EnvironmentId::generate().to_string();
+    std::fs::create_dir_all(
+        server
+            .data_dir
+            .join("runtime/sandboxes")
+            .join(&orphan)
+            .join("upper/0"),
+    )
+    .unwrap();
+    server.restart();
+    let received = hook
+        .wait_for(Duration::from_secs(20), |received| received.len() >= 2)
+        .await;
+    let alert = received[1].json();
+    assert_eq!(alert["kind"], "orphan_removed", "{alert}");
+    assert_eq!(alert["target"], orphan.as_str());
+    assert!(
+        alert["detail"].as_str().unwrap().contains("no record"),
+        "{alert}"
+    );
+    assert!(!server.sandbox_dirs().contains(&orphan));
 }
 
 // ---------------------------------------------------------------------------------------------
