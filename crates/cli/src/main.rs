@@ -347,9 +347,13 @@ async fn run_server(args: ServerArgs) -> anyhow::Result<()> {
     let helper = std::env::current_exe()?;
     let webhook_secret = match &args.webhook_secret_file {
         Some(path) => {
+            use std::os::unix::fs::PermissionsExt;
             let contents = std::fs::read(path).map_err(|error| {
                 anyhow::anyhow!("reading the webhook secret {}: {error}", path.display())
             })?;
+            if std::fs::metadata(path).is_ok_and(|meta| meta.permissions().mode() & 0o077 != 0) {
+                tracing::warn!(file = %path.display(), "the webhook secret file is readable by others than its owner");
+            }
             Some(
                 airlock_server::WebhookSecret::from_file_contents(&contents).ok_or_else(|| {
                     anyhow::anyhow!("the webhook secret file {} is empty", path.display())

@@ -614,6 +614,11 @@ async fn alerts_reach_webhooks_signed_and_a_failing_one_gets_them_on_a_retry() {
     let secret_dir = tempfile::tempdir().unwrap();
     let secret_path = secret_dir.path().join("webhook-secret");
     std::fs::write(&secret_path, [WEBHOOK_SECRET, b"\n"].concat()).unwrap();
+    std::fs::set_permissions(
+        &secret_path,
+        std::os::unix::fs::PermissionsExt::from_mode(0o600),
+    )
+    .unwrap();
     let server = Server::start_with(&[
         "--webhook",
         &steady.url,

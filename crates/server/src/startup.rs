@@ -191,6 +191,11 @@ pub async fn start(config: ServerConfig) -> Result<Started> {
         .as_ref()
         .map(TcpListener::local_addr)
         .transpose()?;
+    if let Some(address) = metrics_address
+        && address.ip().is_unspecified()
+    {
+        tracing::warn!(%address, "/metrics is served without a credential on every interface");
+    }
     Ok(Started {
         address,
         admin_token,
