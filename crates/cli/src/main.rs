@@ -44,7 +44,7 @@ pub struct Connection {
 #[derive(Subcommand)]
 enum Command {
     /// Run the airlock server.
-    Server(ServerArgs),
+    Server(Box<ServerArgs>),
     /// Create, list, inspect, stop, start, delete environments and run commands in them.
     #[command(subcommand, alias = "envs")]
     Env(commands::EnvCommand),
@@ -220,6 +220,50 @@ struct ServerArgs {
         value_parser = parse_role_rate
     )]
     role_rate_limits: Vec<(airlock_core::model::Role, airlock_core::rate_limit::Rate)>,
+    /// Also serve GET /metrics on this address without a credential, for a Prometheus that
+    /// holds no token (keep it private). On the API address, /metrics always needs a token
+    /// whose user may `metrics.read` (auditors, admins).
+    #[arg(long, env = "AIRLOCK_METRICS_LISTEN", value_name = "ADDR")]
+    metrics_listen: Option<SocketAddr>,
+    /// POST alerts (JSON) to this URL; repeatable. Delivered in the background with retries.
+    #[arg(
+        long = "webhook",
+        value_name = "URL",
+        env = "AIRLOCK_WEBHOOKS",
+        value_delimiter = ',',
+        hide_env_values = true,
+        value_parser = parse_webhook_url
+    )]
+    webhooks: Vec<String>,
+    /// Sign each delivery with HMAC-SHA256 under the key in this file (X-Airlock-Signature).
+    #[arg(long, env = "AIRLOCK_WEBHOOK_SECRET_FILE", value_name = "FILE")]
+    webhook_secret_file: Option<PathBuf>,
+    /// Attempts per alert and webhook, the first included (exponential backoff between).
+    #[arg(long, env = "AIRLOCK_WEBHOOK_ATTEMPTS", default_value_t = 5)]
+    webhook_attempts: u32,
+    /// Seconds one delivery attempt may take.
+    #[arg(long, env = "AIRLOCK_WEBHOOK_TIMEOUT", default_value_t = 5)]
+    webhook_timeout: u64,
+    /// Seconds of the windows in which bursts are counted.
+    #[arg(long, env = "AIRLOCK_ALERT_WINDOW", default_value_t = 60)]
+    alert_window: u64,
+    /// Failed authentications from one source address within a window that raise an alert.
+    #[arg(long, env = "AIRLOCK_ALERT_AUTH_FAILURES", default_value_t = 10)]
+    alert_auth_failures: u32,
+    /// Refusals of one principal for limits (rate, quota, capacity) within a window that
+    /// raise an alert.
+    #[arg(long, env = "AIRLOCK_ALERT_LIMIT_REFUSALS", default_value_t = 20)]
+    alert_limit_refusals: u32,
+}
+
+/// An http:// or https:// URL.
+fn parse_webhook_url(text: &str) -> Result<String, String> {
+    match reqwest::Url::parse(text) {
+        Ok(url) if matches!(url.scheme(), "http" | "https") && url.has_host() => {
+            Ok(text.to_owned())
+        }
+        _ => Err("a webhook must be an http:// or https:// URL".into()),
+    }
 }
 
 fn parse_rate(text: &str) -> Result<airlock_core::rate_limit::Rate, String> {
@@ -291,7 +335,7 @@ fn main() -> ExitCode {
     };
     let result = runtime.block_on(async move {
         match cli.command {
-            Command::Server(args) => run_server(args).await.map(|()| 0),
+            Command::Server(args) => run_server(*args).await.map(|()| 0),
             Command::Env(command) => commands::env(&cli.connection, command).await,
             Command::User(command) => commands::user(&cli.connection, command).await,
             Command::Token(command) => commands::token(&cli.connection, command).await,
@@ -355,6 +399,23 @@ async fn run_server(args: ServerArgs) -> anyhow::Result<()> {
             .init();
     }
     let helper = std::env::current_exe()?;
+    let webhook_secret = match &args.webhook_secret_file {
+        Some(path) => {
+            use std::os::unix::fs::PermissionsExt;
+            let contents = std::fs::read(path).map_err(|error| {
+                anyhow::anyhow!("reading the webhook secret {}: {error}", path.display())
+            })?;
+            if std::fs::metadata(path).is_ok_and(|meta| meta.permissions().mode() & 0o077 != 0) {
+                tracing::warn!(file = %path.display(), "the webhook secret file is readable by others than its owner");
+            }
+            Some(
+                airlock_server::WebhookSecret::from_file_contents(&contents).ok_or_else(|| {
+                    anyhow::anyhow!("the webhook secret file {} is empty", path.display())
+                })?,
+            )
+        }
+        None => None,
+    };
     let config = airlock_server::ServerConfig {
         data_dir: args.data_dir,
         database_url: args.database_url,
@@ -389,6 +450,19 @@ async fn run_server(args: ServerArgs) -> anyhow::Result<()> {
         reconcile_every: std::time::Duration::from_secs(args.reconcile_seconds.max(1)),
         shutdown_grace: std::time::Duration::from_secs(args.shutdown_grace),
         recording_limit: args.recording_limit_mib.saturating_mul(1 << 20),
+        metrics_listen: args.metrics_listen,
+        alerts: airlock_server::AlertConfig {
+            webhooks: args.webhooks,
+            secret: webhook_secret,
+            thresholds: airlock_server::Thresholds {
+                window: std::time::Duration::from_secs(args.alert_window.max(1)),
+                auth_failures: args.alert_auth_failures.max(1),
+                limit_refusals: args.alert_limit_refusals.max(1),
+            },
+            attempts: args.webhook_attempts.max(1),
+            attempt_timeout: std::time::Duration::from_secs(args.webhook_timeout.max(1)),
+            ..Default::default()
+        },
         egress: !args.no_egress,
         egress_allow: args.egress_allow,
         policy_file: args.policy_file,
@@ -410,6 +484,9 @@ async fn run_server(args: ServerArgs) -> anyhow::Result<()> {
             started.admin_token_path.display()
         );
         println!("  {token}");
+    }
+    if let Some(address) = started.metrics_address {
+        println!("metrics on http://{address}/metrics");
     }
     println!("airlock listening on http://{}", started.address);
     airlock_server::run(started, reconcile_every).await

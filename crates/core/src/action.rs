@@ -100,6 +100,8 @@ pub enum Action {
         environment: EnvironmentId,
         port: u16,
     },
+    /// How many environments and access requests are in each state, for `/metrics`.
+    ReadMetrics,
 }
 
 impl Action {
@@ -141,6 +143,7 @@ impl Action {
             Action::CopyIn { .. } => "environment.copy_in",
             Action::CopyOut { .. } => "environment.copy_out",
             Action::Proxy { .. } => "environment.proxy",
+            Action::ReadMetrics => "metrics.read",
         }
     }
 
@@ -363,5 +366,14 @@ pub enum Reply {
     },
     /// A connection to a port inside an environment.
     Connection(Conn),
+    Metrics(StateCounts),
     Done,
+}
+
+/// How many environments and access requests are in each state now (every state listed,
+/// zero included): the gauges of `/metrics`. Approved requests are the active grants.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct StateCounts {
+    pub environments: Vec<(crate::model::EnvState, u64)>,
+    pub access_requests: Vec<(AccessState, u64)>,
 }

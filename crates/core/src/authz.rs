@@ -113,7 +113,7 @@ impl Resource<'_> {
 
 /// Every action with the kind of resource it applies to; [`Authorizer::SCHEMA`] says the same
 /// (a test keeps the two in step).
-const ACTION_TABLE: [(&str, Kind); 32] = [
+const ACTION_TABLE: [(&str, Kind); 33] = [
     ("environment.create", Kind::Server),
     ("environment.list", Kind::Server),
     ("environment.list_all", Kind::Server),
@@ -145,6 +145,7 @@ const ACTION_TABLE: [(&str, Kind); 32] = [
     ("access.deny", Kind::AccessRequest),
     ("access.revoke", Kind::AccessRequest),
     ("audit.read", Kind::Server),
+    ("metrics.read", Kind::Server),
     ("whoami", Kind::Server),
 ];
 
@@ -385,7 +386,8 @@ namespace Airlock {
     // environment.list and access.list: the principal's own; the *.list_all: everyone's.
     action "environment.create", "environment.list", "environment.list_all",
         "user.create", "user.list", "team.create", "team.list",
-        "profile.create", "profile.list", "access.list", "access.list_all", "audit.read", "whoami"
+        "profile.create", "profile.list", "access.list", "access.list_all", "audit.read",
+        "metrics.read", "whoami"
         appliesTo { principal: User, resource: Server };
     action "environment.get", "environment.stop", "environment.start", "environment.delete",
         "environment.exec", "environment.extend", "environment.lease"
@@ -535,7 +537,8 @@ permit (
         Airlock::Action::"access.list",
         Airlock::Action::"access.list_all",
         Airlock::Action::"access.get",
-        Airlock::Action::"audit.read"
+        Airlock::Action::"audit.read",
+        Airlock::Action::"metrics.read"
     ],
     resource
 );
@@ -1149,6 +1152,7 @@ mod tests {
                 ("access.get", "own_request"),
                 ("access.get", "other_request"),
                 ("audit.read", "server"),
+                ("metrics.read", "server"),
                 ("token.list", "me"),
             ],
         );

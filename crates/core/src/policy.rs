@@ -19,6 +19,7 @@ pub fn required_scope(action: &Action) -> Scope {
         Action::ListEnvironments(_)
         | Action::GetEnvironment(_)
         | Action::WhoAmI
+        | Action::ReadMetrics
         | Action::ListTokens(_)
         | Action::ListUsers
         | Action::ListTeams
@@ -57,8 +58,10 @@ pub fn required_scope(action: &Action) -> Scope {
 /// Whether an action is exempt from rate limits: ending access and administering the server
 /// must always get through, also in the middle of a burst.
 pub fn never_limited(action: &Action) -> bool {
-    matches!(action, Action::RevokeToken(_) | Action::RevokeAccess { .. })
-        || required_scope(action) == Scope::Admin
+    matches!(
+        action,
+        Action::RevokeToken(_) | Action::RevokeAccess { .. } | Action::ReadMetrics
+    ) || required_scope(action) == Scope::Admin
 }
 
 /// Refuses an action the credential is not scoped for.

@@ -179,6 +179,13 @@ pub trait Store: Send + Sync + 'static {
         reason: &str,
     ) -> Result<Option<AccessRequest>, StoreError>;
 
+    /// How many environments are in each state, every state listed (zero included), in
+    /// [`EnvState::ALL`] order. For metrics.
+    async fn count_environments_by_state(&self) -> Result<Vec<(EnvState, u64)>, StoreError>;
+    /// How many access requests are in each state, every state listed (zero included), in
+    /// [`AccessState::ALL`] order. For metrics: `approved` ones are the active grants.
+    async fn count_access_requests_by_state(&self) -> Result<Vec<(AccessState, u64)>, StoreError>;
+
     /// A small durable value by name (e.g. the latest time the engine has seen).
     async fn get_setting(&self, key: &str) -> Result<Option<String>, StoreError>;
     async fn put_setting(&self, key: &str, value: &str) -> Result<(), StoreError>;

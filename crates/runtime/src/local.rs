@@ -172,13 +172,15 @@ impl LocalRuntime {
         self.host.release_cgroup_parent();
     }
 
-    /// Runs filesystem, mount and libcontainer-state work on a blocking thread.
+    /// Runs filesystem, mount and libcontainer-state work on a blocking thread, inside the
+    /// caller's span (what libcontainer logs there keeps the request id).
     async fn blocking<T: Send + 'static>(
         &self,
         work: impl FnOnce(&Host) -> Result<T, RuntimeError> + Send + 'static,
     ) -> Result<T, RuntimeError> {
         let host = self.host.clone();
-        tokio::task::spawn_blocking(move || work(&host))
+        let span = tracing::Span::current();
+        tokio::task::spawn_blocking(move || span.in_scope(|| work(&host)))
             .await
             .map_err(|e| failed("joining a blocking task", e))?
     }

@@ -122,6 +122,7 @@ impl ApiError {
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let status = self.status();
+        let outcome = crate::metrics::Outcome(self.as_core().outcome());
         let (slug, title, detail) = self.problem();
         let retry_after_seconds = self.retry_after().as_secs_f64().ceil().max(1.0) as u64;
         let body = Problem {
@@ -132,6 +133,7 @@ impl IntoResponse for ApiError {
             instance: None,
         };
         let mut response = (status, Json(body)).into_response();
+        response.extensions_mut().insert(outcome);
         let headers = response.headers_mut();
         headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(PROBLEM_JSON));
         match status {

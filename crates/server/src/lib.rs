@@ -1,10 +1,12 @@
 //! airlock's HTTP server, the only crate that knows HTTP: routes, the error mapping, the
 //! OpenAPI document, and start-up (store, runtime, first admin, reconciliation, serving).
 
+pub mod alerts;
 mod convert;
 mod error;
 mod extract;
 mod handlers;
+pub mod metrics;
 mod oidc;
 mod oidc_auth;
 mod openapi;
@@ -26,6 +28,8 @@ use axum::routing::{any, delete, get, patch, post, put};
 use tokio::net::TcpListener;
 use tracing::Instrument;
 
+pub use alerts::{AlertConfig, Thresholds, WebhookSecret};
+pub use metrics::{Metrics, OpenSession};
 pub use oidc_auth::OidcSettings;
 pub use startup::{ServerConfig, Started, purge, run, start};
 
@@ -42,6 +46,9 @@ pub struct AppState {
     pub oidc: Option<Arc<oidc_auth::OidcAuthenticator>>,
     /// The sessions being relayed, and where their recordings go.
     pub sessions: Arc<sessions::Sessions>,
+    /// The server's metrics; interactive sessions report themselves here
+    /// ([`Metrics::session_opened`]).
+    pub metrics: Arc<Metrics>,
 }
 
 /// The whole HTTP surface.
@@ -49,6 +56,7 @@ pub fn build_app(state: AppState) -> Router {
     Router::new()
         .route("/healthz", get(handlers::healthz))
         .route("/readyz", get(handlers::readyz))
+        .route("/metrics", get(handlers::metrics))
         .route("/v1/openapi.json", get(openapi::serve))
         .route(
             "/v1/environments",
@@ -134,8 +142,29 @@ pub fn build_app(state: AppState) -> Router {
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(BODY_LIMIT))
+        .layer(middleware::from_fn_with_state(
+            state.metrics.clone(),
+            metrics::track,
+        ))
         .layer(middleware::from_fn(request_id))
         .with_state(state)
+}
+
+/// The operator's plain Prometheus target (`--metrics-listen`): `GET /metrics` without a
+/// credential, and nothing else. Reads counts; changes nothing.
+pub fn build_metrics_app(engine: Arc<Engine>, metrics: Arc<Metrics>) -> Router {
+    Router::new().route(
+        "/metrics",
+        get(move || async move {
+            match engine.state_counts().await {
+                Ok(counts) => metrics::page(metrics.render(&counts, &engine.admission())),
+                Err(error) => {
+                    tracing::error!(%error, "reading counts for /metrics");
+                    StatusCode::INTERNAL_SERVER_ERROR.into_response()
+                }
+            }
+        }),
+    )
 }
 
 /// Serves `app` on `listener` until `shutdown` resolves, then finishes in-flight requests.

@@ -12,6 +12,7 @@ use crate::handlers;
     paths(
         handlers::healthz,
         handlers::readyz,
+        handlers::metrics,
         handlers::create_environment,
         handlers::list_environments,
         handlers::get_environment,

@@ -19,10 +19,12 @@ use anyhow::{Context, Result, bail};
 use nix::fcntl::{Flock, FlockArg};
 use tokio::net::TcpListener;
 
+use crate::alerts::{AlertConfig, Alerts};
+use crate::metrics::Metrics;
 use crate::oidc_auth::{OidcAuthenticator, OidcSettings};
 use crate::secrets::HostSecrets;
 use crate::sessions::Sessions;
-use crate::{AppState, build_app, serve};
+use crate::{AppState, build_app, build_metrics_app, serve};
 
 /// How often grants, expiries and idle timeouts are checked: "within a few seconds".
 const ACCESS_SWEEP_EVERY: Duration = Duration::from_secs(1);
@@ -57,6 +59,10 @@ pub struct ServerConfig {
     pub shutdown_grace: Duration,
     /// Bytes of one terminal session's recording at most.
     pub recording_limit: u64,
+    /// Also serve `/metrics` here, without a credential (a private address, for Prometheus).
+    pub metrics_listen: Option<SocketAddr>,
+    /// Webhooks and the thresholds of alerts.
+    pub alerts: AlertConfig,
 }
 
 /// A started server: where it listens, and the admin secret if this start created it.
@@ -65,6 +71,10 @@ pub struct Started {
     pub admin_token: Option<String>,
     pub admin_token_path: PathBuf,
     pub engine: Arc<Engine>,
+    pub metrics: Arc<Metrics>,
+    /// Where the unauthenticated metrics listener is, when there is one.
+    pub metrics_address: Option<SocketAddr>,
+    metrics_listener: Option<TcpListener>,
     oidc: Option<Arc<OidcAuthenticator>>,
     shutdown_grace: Duration,
     sessions: Arc<Sessions>,
@@ -105,10 +115,17 @@ pub async fn start(config: ServerConfig) -> Result<Started> {
         "preparing the local isolation backend (it needs root, namespaces, cgroups and overlayfs)",
     )?;
     let runtime: Arc<dyn Runtime> = Arc::new(runtime);
+    // Observers first: the sweep and the reconciliation below already raise alerts (queued
+    // until the webhooks answer).
+    let metrics = Metrics::new();
+    let alerts = Alerts::start(config.alerts.clone(), metrics.clone())
+        .context("configuring alert webhooks")?;
     let engine = Arc::new(
         Engine::new(store, runtime, Arc::new(SystemClock), config.limits.clone())
             .with_authorizer(authorizer)
-            .with_secrets(Arc::new(HostSecrets)),
+            .with_secrets(Arc::new(HostSecrets))
+            .with_observer(metrics.clone())
+            .with_observer(alerts),
     );
     let oidc = config
         .oidc
@@ -174,11 +191,31 @@ pub async fn start(config: ServerConfig) -> Result<Started> {
         .await
         .with_context(|| format!("listening on {}", config.listen))?;
     let address = listener.local_addr()?;
+    let metrics_listener = match config.metrics_listen {
+        Some(listen) => Some(
+            TcpListener::bind(listen)
+                .await
+                .with_context(|| format!("listening for metrics on {listen}"))?,
+        ),
+        None => None,
+    };
+    let metrics_address = metrics_listener
+        .as_ref()
+        .map(TcpListener::local_addr)
+        .transpose()?;
+    if let Some(address) = metrics_address
+        && address.ip().is_unspecified()
+    {
+        tracing::warn!(%address, "/metrics is served without a credential on every interface");
+    }
     Ok(Started {
         address,
         admin_token,
         admin_token_path,
         engine,
+        metrics,
+        metrics_address,
+        metrics_listener,
         oidc: oidc.map(Arc::new),
         shutdown_grace: config.shutdown_grace,
         sessions: Arc::new(Sessions::new(
@@ -250,10 +287,19 @@ pub async fn run(started: Started, reconcile_every: Duration) -> Result<()> {
             engine.pool_drained(POOL_CHECK_EVERY).await;
         }
     });
+    let metrics_server = started.metrics_listener.map(|listener| {
+        let app = build_metrics_app(started.engine.clone(), started.metrics.clone());
+        tokio::spawn(async move {
+            if let Err(error) = axum::serve(listener, app).await {
+                tracing::error!(%error, "the metrics listener failed");
+            }
+        })
+    });
     let app = build_app(AppState {
         engine: started.engine.clone(),
         oidc: started.oidc.clone(),
         sessions: started.sessions.clone(),
+        metrics: started.metrics.clone(),
     });
     // On SIGTERM or SIGINT: stop accepting, let requests in flight finish for the grace
     // period, then cancel the rest (a cancelled create is reconciled at the next start).
@@ -284,6 +330,9 @@ pub async fn run(started: Started, reconcile_every: Duration) -> Result<()> {
     reconciler.abort();
     sweeper.abort();
     refiller.abort();
+    if let Some(metrics_server) = metrics_server {
+        metrics_server.abort();
+    }
     served
         .context("the server task failed")?
         .context("serving")?;

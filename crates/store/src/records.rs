@@ -312,3 +312,20 @@ fn from_micros(value: i64) -> Result<DateTime<Utc>, StoreError> {
 fn parse_name(text: &str) -> Result<Name, StoreError> {
     Name::parse("name", text).map_err(corrupt)
 }
+
+/// Counts per state from `SELECT state, COUNT(*) … GROUP BY state` rows, as one entry per
+/// state of `all` (in its order, zero where no row), whatever the backend.
+pub(crate) fn tally<State: Copy + PartialEq>(
+    all: &[State],
+    parse: impl Fn(&str) -> Option<State>,
+    rows: Vec<(String, i64)>,
+) -> Result<Vec<(State, u64)>, StoreError> {
+    let mut counts: Vec<(State, u64)> = all.iter().map(|state| (*state, 0)).collect();
+    for (text, count) in rows {
+        let state = parse(&text).ok_or_else(|| corrupt(format!("unknown state {text:?}")))?;
+        if let Some(entry) = counts.iter_mut().find(|(known, _)| *known == state) {
+            entry.1 = count.max(0) as u64;
+        }
+    }
+    Ok(counts)
+}

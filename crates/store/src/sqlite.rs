@@ -653,6 +653,24 @@ impl Store for SqliteStore {
         Ok(request)
     }
 
+    async fn count_environments_by_state(&self) -> Result<Vec<(EnvState, u64)>, StoreError> {
+        let rows: Vec<(String, i64)> =
+            sqlx::query_as("SELECT state, COUNT(*) FROM environments GROUP BY state")
+                .fetch_all(&self.pool)
+                .await
+                .map_err(backend)?;
+        records::tally(&EnvState::ALL, EnvState::parse, rows)
+    }
+
+    async fn count_access_requests_by_state(&self) -> Result<Vec<(AccessState, u64)>, StoreError> {
+        let rows: Vec<(String, i64)> =
+            sqlx::query_as("SELECT state, COUNT(*) FROM access_requests GROUP BY state")
+                .fetch_all(&self.pool)
+                .await
+                .map_err(backend)?;
+        records::tally(&AccessState::ALL, AccessState::parse, rows)
+    }
+
     async fn get_setting(&self, key: &str) -> Result<Option<String>, StoreError> {
         sqlx::query_scalar("SELECT value FROM settings WHERE key = ?")
             .bind(key)

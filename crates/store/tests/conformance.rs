@@ -77,6 +77,7 @@ conformance!(
     concurrent_approvals_grant_once,
     end_access_only_from_its_state,
     settings_upsert,
+    states_are_counted_for_metrics,
     audit_appends_and_lists_newest_first,
     sessions_start_end_once_and_list,
     reopening_keeps_the_data,
@@ -2045,6 +2046,100 @@ async fn settings_upsert(db: &Db) {
     assert_eq!(
         store.get_setting("other").await.unwrap().as_deref(),
         Some("x")
+    );
+}
+
+async fn states_are_counted_for_metrics(db: &Db) {
+    let store = db.store();
+    let zero_environments: Vec<(EnvState, u64)> =
+        EnvState::ALL.iter().map(|state| (*state, 0)).collect();
+    let zero_requests: Vec<(AccessState, u64)> =
+        AccessState::ALL.iter().map(|state| (*state, 0)).collect();
+    assert_eq!(
+        store.count_environments_by_state().await.unwrap(),
+        zero_environments
+    );
+    assert_eq!(
+        store.count_access_requests_by_state().await.unwrap(),
+        zero_requests
+    );
+
+    let alice = add_user(&*store, "alice").await;
+    let mut ids = Vec::new();
+    for index in 0..4 {
+        let environment = environment(&alice, &format!("env-{index}"));
+        let inserted = store
+            .insert_environment(&environment, None, &Ceilings::default())
+            .await
+            .unwrap();
+        assert_eq!(inserted, Inserted::Created);
+        ids.push(environment.id);
+    }
+    for (id, path) in [
+        (&ids[0], &[EnvState::Running][..]),
+        (&ids[1], &[EnvState::Running, EnvState::Stopped][..]),
+        (&ids[2], &[EnvState::Failed][..]),
+    ] {
+        let mut from = EnvState::Creating;
+        for &to in path {
+            let moved = store.transition(id, &[from], to, at(20), None).await;
+            assert!(moved.unwrap().is_some(), "{from} → {to}");
+            from = to;
+        }
+    }
+    let expected: Vec<(EnvState, u64)> = EnvState::ALL
+        .iter()
+        .map(|state| {
+            let count = match state {
+                EnvState::Creating | EnvState::Running | EnvState::Stopped | EnvState::Failed => 1,
+                _ => 0,
+            };
+            (*state, count)
+        })
+        .collect();
+    assert_eq!(store.count_environments_by_state().await.unwrap(), expected);
+
+    let approver = add_user(&*store, "approver").await;
+    store.insert_profile(&profile("prod")).await.unwrap();
+    let granted = access_request(&alice, "prod", 1);
+    let waiting = access_request(&alice, "prod", 1);
+    let denied = access_request(&alice, "prod", 1);
+    for request in [&granted, &waiting, &denied] {
+        store.insert_access_request(request).await.unwrap();
+    }
+    let approved = store
+        .approve_access(&granted.id, &approver.id, at(30))
+        .await
+        .unwrap();
+    assert!(
+        matches!(approved, Some(Approved::Granted(_))),
+        "{approved:?}"
+    );
+    let ended = store
+        .end_access(
+            &denied.id,
+            AccessState::Pending,
+            AccessState::Denied,
+            at(31),
+            approver.id.as_str(),
+            "no",
+        )
+        .await
+        .unwrap();
+    assert!(ended.is_some());
+    let expected: Vec<(AccessState, u64)> = AccessState::ALL
+        .iter()
+        .map(|state| {
+            let count = match state {
+                AccessState::Pending | AccessState::Approved | AccessState::Denied => 1,
+                _ => 0,
+            };
+            (*state, count)
+        })
+        .collect();
+    assert_eq!(
+        store.count_access_requests_by_state().await.unwrap(),
+        expected
     );
 }
 

@@ -7,6 +7,7 @@
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use reqwest::{Method, StatusCode};
@@ -38,7 +39,13 @@ pub struct Server {
     pub url: String,
     pub admin_token: String,
     pub data_dir: PathBuf,
+    /// The unauthenticated metrics page, when started with `--metrics-listen`.
+    pub metrics_url: Option<String>,
+    /// What the server wrote to stderr, line by line, when started with
+    /// [`Server::start_logged`] (else it goes to the test's stderr).
+    pub logs: Option<Arc<Mutex<Vec<String>>>>,
     args: Vec<String>,
+    env: Vec<(String, String)>,
     _temp: tempfile::TempDir,
 }
 
@@ -49,13 +56,28 @@ impl Server {
 
     /// Starts a server with extra `airlock server` flags (kept across restarts).
     pub fn start_with(args: &[&str]) -> Server {
+        Self::start_full(args, &[], false)
+    }
+
+    /// Starts a server with extra flags and environment variables, keeping its stderr lines
+    /// in [`Server::logs`].
+    pub fn start_logged(args: &[&str], env: &[(&str, &str)]) -> Server {
+        Self::start_full(args, env, true)
+    }
+
+    fn start_full(args: &[&str], env: &[(&str, &str)], capture: bool) -> Server {
         let temp = tempfile::Builder::new()
             .prefix("al")
             .tempdir_in("/tmp")
             .expect("temp dir");
         let data_dir = temp.path().join("d");
         let args: Vec<String> = args.iter().map(|arg| arg.to_string()).collect();
-        let (mut child, url) = spawn(&data_dir, &args);
+        let env: Vec<(String, String)> = env
+            .iter()
+            .map(|(name, value)| (name.to_string(), value.to_string()))
+            .collect();
+        let logs = capture.then(|| Arc::new(Mutex::new(Vec::new())));
+        let (mut child, url, metrics_url) = spawn(&data_dir, &args, &env, logs.clone());
         let admin_token = match std::fs::read_to_string(data_dir.join("admin-token")) {
             Ok(token) => token.trim().to_owned(),
             Err(error) => {
@@ -70,7 +92,10 @@ impl Server {
             url,
             admin_token,
             data_dir,
+            metrics_url,
+            logs,
             args,
+            env,
             _temp: temp,
         }
     }
@@ -104,9 +129,11 @@ impl Server {
     /// Starts the server again on the same data directory (and port, if free).
     pub fn restart(&mut self) {
         self.kill();
-        let (child, url) = spawn(&self.data_dir, &self.args);
+        let (child, url, metrics_url) =
+            spawn(&self.data_dir, &self.args, &self.env, self.logs.clone());
         self.child = Some(child);
         self.url = url;
+        self.metrics_url = metrics_url;
     }
 
     pub fn client(&self, token: &str) -> Api {
@@ -281,7 +308,13 @@ fn list_dir(path: &Path) -> Vec<String> {
         .unwrap_or_default()
 }
 
-fn spawn(data_dir: &Path, args: &[String]) -> (Child, String) {
+/// Starts the server; its URL and, with `--metrics-listen`, its metrics page's.
+fn spawn(
+    data_dir: &Path,
+    args: &[String],
+    env: &[(String, String)],
+    logs: Option<Arc<Mutex<Vec<String>>>>,
+) -> (Child, String, Option<String>) {
     let mut child = Command::new(AIRLOCK)
         .args([
             "server",
@@ -294,24 +327,41 @@ fn spawn(data_dir: &Path, args: &[String]) -> (Child, String) {
         .arg(data_dir)
         .args(args)
         .env("AIRLOCK_LOG", "warn")
+        .envs(env.iter().map(|(name, value)| (name, value)))
         .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
+        .stderr(if logs.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::inherit()
+        })
         .spawn()
         .expect("start airlock server");
+    if let Some(logs) = logs {
+        let stderr = BufReader::new(child.stderr.take().unwrap());
+        std::thread::spawn(move || {
+            for line in stderr.lines().map_while(Result::ok) {
+                logs.lock().unwrap().push(line);
+            }
+        });
+    }
     let stdout = child.stdout.take().unwrap();
     let mut lines = BufReader::new(stdout).lines();
+    let mut metrics_url = None;
     let url = loop {
         let line = lines
             .next()
             .expect("server exited before listening")
             .expect("read server output");
+        if let Some(address) = line.strip_prefix("metrics on ") {
+            metrics_url = Some(address.trim().to_owned());
+        }
         if let Some(address) = line.strip_prefix("airlock listening on ") {
             break address.trim().to_owned();
         }
     };
     // Keep draining stdout so the server never blocks on a full pipe.
     std::thread::spawn(move || for _ in lines {});
-    (child, url)
+    (child, url, metrics_url)
 }
 
 pub struct Api {

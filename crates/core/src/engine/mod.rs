@@ -409,6 +409,10 @@ impl Engine {
                 self.copy_out(principal, &environment, path).await
             }
             Action::Proxy { environment, port } => self.proxy(principal, &environment, port).await,
+            Action::ReadMetrics => {
+                self.require(principal, "metrics.read", &Resource::Server)?;
+                Ok(Reply::Metrics(self.state_counts().await?))
+            }
         }
     }
 
@@ -480,6 +484,16 @@ impl Engine {
         id.hash(&mut hasher);
         let stripe = (hasher.finish() as usize) % self.lifecycle_locks.len();
         self.lifecycle_locks[stripe].clone().lock_owned().await
+    }
+
+    /// How many environments and access requests are in each state now. Authorized callers
+    /// go through [`Action::ReadMetrics`]; this is for the operator's own unauthenticated
+    /// metrics listener, which reads and changes nothing else.
+    pub async fn state_counts(&self) -> Result<crate::action::StateCounts, Error> {
+        Ok(crate::action::StateCounts {
+            environments: self.store.count_environments_by_state().await?,
+            access_requests: self.store.count_access_requests_by_state().await?,
+        })
     }
 
     /// Recent audit events, newest first (for tests and the operator).

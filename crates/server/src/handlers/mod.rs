@@ -86,6 +86,25 @@ pub async fn healthz() -> Json<api::Health> {
     })
 }
 
+/// The metrics page for a principal that may `metrics.read` (auditors, admins).
+#[utoipa::path(get, path = "/metrics", tag = "health",
+    responses(
+        (status = 200, description = "Prometheus text format 0.0.4", content_type = "text/plain", body = String),
+        (status = 401, body = api::Problem),
+        (status = 403, body = api::Problem)),
+    security(("bearer" = [])))]
+pub async fn metrics(
+    axum::extract::State(state): axum::extract::State<AppState>,
+    caller: Caller,
+) -> Result<axum::response::Response> {
+    let reply = perform(&state, &caller, Action::ReadMetrics).await?;
+    let Reply::Metrics(counts) = reply else {
+        return Err(unexpected(reply));
+    };
+    let text = state.metrics.render(&counts, &state.engine.admission());
+    Ok(crate::metrics::page(text))
+}
+
 #[utoipa::path(get, path = "/readyz", tag = "health", responses((status = 200, body = api::Health)))]
 pub async fn readyz() -> Json<api::Health> {
     Json(api::Health {

@@ -201,9 +201,10 @@ async fn start(
     let Reply::Session(live) = reply else {
         return Err(unexpected(reply));
     };
-    let (engine, sessions, origin) = (
+    let (engine, sessions, metrics, origin) = (
         state.engine.clone(),
         state.sessions.clone(),
+        state.metrics.clone(),
         caller.origin.clone(),
     );
     // If the upgrade fails, the session ends at once (its command is killed).
@@ -223,6 +224,7 @@ async fn start(
             let Some(live) = abandoned.lock().expect("lock").take() else {
                 return;
             };
+            let _open = metrics.session_opened();
             crate::sessions::run(sessions, engine, origin, live, terminal, socket).await;
         }))
 }
