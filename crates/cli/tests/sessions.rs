@@ -846,3 +846,77 @@ async fn airlock_shell_behaves_like_an_ssh_session() {
     let status = tokio::task::block_in_place(|| child.wait()).unwrap();
     assert_eq!(status.code(), Some(5));
 }
+
+/// A session ends with its environment, and every session ends (recorded) when the server
+/// stops; a session a killed server left open is closed at the next start.
+#[tokio::test(flavor = "multi_thread")]
+async fn sessions_end_with_their_environment_and_with_the_server() {
+    if !can_run_sandboxes("sessions_end") {
+        return;
+    }
+    let mut server = Server::start_with(&["--shutdown-grace", "10"]);
+    let user = server.user("ann").await;
+    let doomed = user
+        .create(json!({ "resources": { "disk_mib": 64 } }))
+        .await;
+    let mut socket = open(
+        &user,
+        &format!("/v1/environments/{doomed}/exec/stream?tty=true"),
+    )
+    .await
+    .expect("opens");
+    let mut heard = Heard::default();
+    listen(&mut socket, &mut heard, |heard| !heard.controls.is_empty()).await;
+    let first = heard.controls[0]["session_id"].as_str().unwrap().to_owned();
+    let (status, _) = user.delete(&format!("/v1/environments/{doomed}")).await;
+    assert_eq!(status, StatusCode::NO_CONTENT);
+    listen(&mut socket, &mut heard, |heard| heard.controls.len() > 1).await;
+    assert!(
+        heard.exit().is_some() || heard.controls[1]["type"] == "closed",
+        "{:?}",
+        heard.controls
+    );
+    let (_, record) = user.get(&format!("/v1/sessions/{first}")).await;
+    assert!(record["ended_at"].is_string(), "{record}");
+
+    // SIGTERM: the open session is told why and recorded as ended.
+    let environment = user
+        .create(json!({ "resources": { "disk_mib": 64 } }))
+        .await;
+    let mut socket = open(
+        &user,
+        &format!("/v1/environments/{environment}/exec/stream?tty=true"),
+    )
+    .await
+    .expect("opens");
+    let mut heard = Heard::default();
+    listen(&mut socket, &mut heard, |heard| !heard.controls.is_empty()).await;
+    let second = heard.controls[0]["session_id"].as_str().unwrap().to_owned();
+    let status = tokio::task::block_in_place(|| server.terminate(Duration::from_secs(30)));
+    assert!(status.success(), "{status}");
+    // What the server said before it went is still in the socket.
+    listen(&mut socket, &mut heard, |heard| heard.controls.len() > 1).await;
+    assert_eq!(heard.controls[1]["type"], "closed", "{:?}", heard.controls);
+    assert_eq!(heard.controls[1]["reason"], "the server is shutting down");
+    server.restart();
+    let user = user.on(&server);
+    let (_, record) = user.get(&format!("/v1/sessions/{second}")).await;
+    assert!(record["ended_at"].is_string(), "{record}");
+
+    // SIGKILL leaves one open; the next start ends its record.
+    let mut socket = open(
+        &user,
+        &format!("/v1/environments/{environment}/exec/stream?tty=true"),
+    )
+    .await
+    .expect("opens");
+    let mut heard = Heard::default();
+    listen(&mut socket, &mut heard, |heard| !heard.controls.is_empty()).await;
+    let third = heard.controls[0]["session_id"].as_str().unwrap().to_owned();
+    server.kill();
+    server.restart();
+    let user = user.on(&server);
+    let (_, record) = user.get(&format!("/v1/sessions/{third}")).await;
+    assert!(record["ended_at"].is_string(), "{record}");
+    assert!(record["exit_code"].is_null(), "{record}");
+}
