@@ -41,7 +41,16 @@ use crate::handlers;
         handlers::approve_access,
         handlers::deny_access,
         handlers::revoke_access,
+        handlers::exec_stream,
+        handlers::port_forward,
+        handlers::copy_out,
+        handlers::copy_in,
+        handlers::proxy,
+        handlers::list_sessions,
+        handlers::get_session,
+        handlers::get_recording,
     ),
+    components(schemas(airlock_api::SessionMessage)),
     modifiers(&BearerAuth)
 )]
 pub struct ApiDoc;
@@ -76,6 +85,9 @@ mod tests {
             "/v1/tokens/{id}",
             "/v1/teams/{name}/quota",
             "/v1/access-requests/{id}/approve",
+            "/v1/environments/{id}/exec/stream",
+            "/v1/environments/{id}/files",
+            "/v1/sessions/{id}/recording",
             "/healthz",
         ] {
             assert!(document["paths"].get(path).is_some(), "{path} missing");
