@@ -25,7 +25,8 @@ pub fn required_scope(action: &Action) -> Scope {
         | Action::ListProfiles
         | Action::GetProfile(_)
         | Action::ListAccessRequests(_)
-        | Action::GetAccessRequest(_) => Scope::Read,
+        | Action::GetAccessRequest(_)
+        | Action::ListAudit(_) => Scope::Read,
         Action::CreateEnvironment { .. }
         | Action::StopEnvironment(_)
         | Action::StartEnvironment(_)

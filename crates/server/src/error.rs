@@ -39,7 +39,9 @@ impl ApiError {
                 Error::NotFound { .. } => StatusCode::NOT_FOUND,
                 Error::Conflict(_) => StatusCode::CONFLICT,
                 Error::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
-                Error::Overloaded { .. } | Error::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+                Error::Overloaded { .. } | Error::Unavailable(_) | Error::AuditUnavailable(_) => {
+                    StatusCode::SERVICE_UNAVAILABLE
+                }
                 Error::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
             },
             ApiError::Rejected { status, .. } => *status,
@@ -71,47 +73,57 @@ impl ApiError {
 
     fn problem(&self) -> (&'static str, &'static str, Option<String>) {
         match self {
-            ApiError::Core(error) => match error {
-                Error::Invalid(invalid) => (
-                    "invalid-request",
-                    "The request is invalid",
-                    Some(invalid.to_string()),
-                ),
-                Error::Unauthenticated => (
-                    "unauthenticated",
-                    "Authentication required",
-                    Some("send a valid token as `Authorization: Bearer <token>`".into()),
-                ),
-                Error::Forbidden(text) => ("forbidden", "Not allowed", Some(text.clone())),
-                Error::QuotaExceeded(text) => (
-                    "quota-exceeded",
-                    "The team's quota is used up",
-                    Some(text.clone()),
-                ),
-                Error::NotFound { kind } => {
-                    ("not-found", "Not found", Some(format!("{kind} not found")))
+            ApiError::Core(error) => {
+                match error {
+                    Error::Invalid(invalid) => (
+                        "invalid-request",
+                        "The request is invalid",
+                        Some(invalid.to_string()),
+                    ),
+                    Error::Unauthenticated => (
+                        "unauthenticated",
+                        "Authentication required",
+                        Some("send a valid token as `Authorization: Bearer <token>`".into()),
+                    ),
+                    Error::Forbidden(text) => ("forbidden", "Not allowed", Some(text.clone())),
+                    Error::QuotaExceeded(text) => (
+                        "quota-exceeded",
+                        "The team's quota is used up",
+                        Some(text.clone()),
+                    ),
+                    Error::NotFound { kind } => {
+                        ("not-found", "Not found", Some(format!("{kind} not found")))
+                    }
+                    Error::Conflict(text) => (
+                        "conflict",
+                        "Conflict with the current state",
+                        Some(text.clone()),
+                    ),
+                    Error::RateLimited { .. } => {
+                        ("rate-limited", "Too many requests", Some(error.to_string()))
+                    }
+                    Error::Overloaded { reason, .. } => (
+                        "overloaded",
+                        "The server is at capacity",
+                        Some(reason.clone()),
+                    ),
+                    Error::Unavailable(text) => {
+                        ("unavailable", "Temporarily unavailable", Some(text.clone()))
+                    }
+                    Error::AuditUnavailable(text) => {
+                        tracing::error!(error = %text, "audit trail unavailable");
+                        (
+                        "audit-unavailable",
+                        "The audit trail cannot be written",
+                        Some("nothing was changed: this action is only done once it is on record".into()),
+                    )
+                    }
+                    Error::Internal(text) => {
+                        tracing::error!(error = %text, "internal error");
+                        ("internal", "Internal error", None)
+                    }
                 }
-                Error::Conflict(text) => (
-                    "conflict",
-                    "Conflict with the current state",
-                    Some(text.clone()),
-                ),
-                Error::RateLimited { .. } => {
-                    ("rate-limited", "Too many requests", Some(error.to_string()))
-                }
-                Error::Overloaded { reason, .. } => (
-                    "overloaded",
-                    "The server is at capacity",
-                    Some(reason.clone()),
-                ),
-                Error::Unavailable(text) => {
-                    ("unavailable", "Temporarily unavailable", Some(text.clone()))
-                }
-                Error::Internal(text) => {
-                    tracing::error!(error = %text, "internal error");
-                    ("internal", "Internal error", None)
-                }
-            },
+            }
             ApiError::Rejected { slug, detail, .. } => {
                 (slug, "The request was refused", Some(detail.clone()))
             }

@@ -122,4 +122,12 @@ UPDATE environments SET last_activity_at = updated_at;
 CREATE INDEX environments_by_expiry ON environments (expires_at)
     WHERE state IN ('running', 'stopped', 'failed');
 "#,
+    r#"
+-- The audit trail's hash chain, as on SQLite.
+ALTER TABLE audit_events ADD COLUMN chain_index BIGINT;
+ALTER TABLE audit_events ADD COLUMN hash BYTEA;
+CREATE UNIQUE INDEX audit_events_by_index ON audit_events (chain_index);
+CREATE INDEX audit_events_by_actor ON audit_events (actor, chain_index);
+CREATE INDEX audit_events_by_target ON audit_events (target, chain_index);
+"#,
 ];
