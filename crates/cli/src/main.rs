@@ -3,6 +3,7 @@
 //! `airlock_runtime::helper`), selected before anything else starts.
 
 mod access;
+mod audit;
 mod client;
 mod commands;
 mod output;
@@ -59,6 +60,9 @@ enum Command {
     /// Ask for, approve, deny and revoke time-boxed access; manage access profiles.
     #[command(subcommand)]
     Access(access::AccessCommand),
+    /// Verify the audit trail's hash chain offline; export or list its events.
+    #[command(subcommand)]
+    Audit(audit::AuditCommand),
     /// Show who the current token belongs to.
     Whoami,
     /// Destroy every environment's sandbox in a data directory (the server must be stopped).
@@ -266,6 +270,7 @@ fn main() -> ExitCode {
             Command::Token(command) => commands::token(&cli.connection, command).await,
             Command::Team(command) => access::team(&cli.connection, command).await,
             Command::Access(command) => access::access(&cli.connection, command).await,
+            Command::Audit(command) => audit::audit(&cli.connection, command).await,
             Command::Whoami => commands::whoami(&cli.connection).await,
             Command::Login { url, token } => commands::login(&url, &token).map(|()| 0),
             Command::Purge { data_dir } => {

@@ -290,3 +290,19 @@ pub fn token(record: TokenRecord) -> api::Token {
         last_used_at: record.last_used_at,
     }
 }
+
+pub fn audit_event(stored: airlock_core::audit::ChainedEvent) -> api::AuditEvent {
+    let event = stored.event;
+    api::AuditEvent {
+        index: stored.index,
+        time: event.time,
+        request_id: event.request_id,
+        actor: event.actor,
+        action: event.action,
+        target: event.target,
+        outcome: event.outcome,
+        source: event.source,
+        detail: event.detail,
+        hash: airlock_core::audit::to_hex(&stored.hash),
+    }
+}

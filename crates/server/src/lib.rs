@@ -1,6 +1,7 @@
 //! airlock's HTTP server, the only crate that knows HTTP: routes, the error mapping, the
 //! OpenAPI document, and start-up (store, runtime, first admin, reconciliation, serving).
 
+pub mod checkpoints;
 mod convert;
 mod error;
 mod extract;
@@ -107,6 +108,7 @@ pub fn build_app(state: AppState) -> Router {
             post(handlers::revoke_access),
         )
         .route("/v1/whoami", get(handlers::whoami))
+        .route("/v1/audit", get(handlers::list_audit))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(BODY_LIMIT))

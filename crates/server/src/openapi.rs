@@ -40,6 +40,7 @@ use crate::handlers;
         handlers::approve_access,
         handlers::deny_access,
         handlers::revoke_access,
+        handlers::list_audit,
     ),
     modifiers(&BearerAuth)
 )]
@@ -75,6 +76,7 @@ mod tests {
             "/v1/tokens/{id}",
             "/v1/teams/{name}/quota",
             "/v1/access-requests/{id}/approve",
+            "/v1/audit",
             "/healthz",
         ] {
             assert!(document["paths"].get(path).is_some(), "{path} missing");

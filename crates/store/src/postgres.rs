@@ -49,6 +49,28 @@ impl PostgresStore {
         Ok(store)
     }
 
+    /// Connects only to read (every transaction read-only, no migration): e.g. to verify the
+    /// audit trail while servers use the database.
+    pub async fn connect_read_only(url: &str) -> Result<Self, StoreError> {
+        let pool = PgPoolOptions::new()
+            .max_connections(2)
+            .acquire_timeout(Duration::from_secs(30))
+            .after_connect(|connection, _| {
+                Box::pin(async move {
+                    sqlx::Executor::execute(
+                        connection,
+                        "SET SESSION CHARACTERISTICS AS TRANSACTION READ ONLY",
+                    )
+                    .await
+                    .map(|_| ())
+                })
+            })
+            .connect(url)
+            .await
+            .map_err(|error| StoreError::Backend(format!("connecting to PostgreSQL: {error}")))?;
+        Ok(Self { pool })
+    }
+
     async fn migrate(&self) -> Result<(), StoreError> {
         let mut tx = self.pool.begin().await.map_err(backend)?;
         // Held until the commit: a second server starting now waits here, then finds the

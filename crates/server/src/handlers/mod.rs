@@ -1,12 +1,15 @@
 //! HTTP handlers: each turns a request into one core [`Action`], hands it to the engine, and
 //! turns the reply into a response. No handler changes state itself. One file per area:
-//! `environments`, `identity` (users, teams, tokens), `access` (profiles and requests).
+//! `environments`, `identity` (users, teams, tokens), `access` (profiles and requests),
+//! `audit` (the audit trail).
 
 mod access;
+mod audit;
 mod environments;
 mod identity;
 
 pub use access::*;
+pub use audit::*;
 pub use environments::*;
 pub use identity::*;
 
