@@ -33,33 +33,37 @@ impl AuditWriter {
     /// Appends `event` with the next batch; the store's error when that batch failed.
     /// Cancelling the caller does not take its event back: the next batch writes it.
     pub(super) async fn append(&self, store: &dyn Store, event: AuditEvent) -> Result<(), String> {
-        let (appended, outcome) = oneshot::channel();
+        let (appended, mut outcome) = oneshot::channel();
         self.waiting
             .lock()
             .expect("audit queue lock")
             .push(Waiting { event, appended });
-        {
-            let _turn = self.turn.lock().await;
-            let batch = std::mem::take(&mut *self.waiting.lock().expect("audit queue lock"));
-            // Empty when an earlier turn took this event with its own.
-            if !batch.is_empty() {
-                let (events, senders): (Vec<_>, Vec<_>) = batch
-                    .into_iter()
-                    .map(|waiting| (waiting.event, waiting.appended))
-                    .unzip();
-                let result = store
-                    .append_audit(&events)
-                    .await
-                    .map(|_| ())
-                    .map_err(|error| error.to_string());
-                for sender in senders {
-                    let _ = sender.send(result.clone());
+        let interrupted = |_| Err("the batch with this event was interrupted".to_owned());
+        tokio::select! {
+            biased;
+            // Taken and written by another task's turn: done, without waiting for a turn.
+            result = &mut outcome => result.unwrap_or_else(interrupted),
+            _turn = self.turn.lock() => {
+                let batch = std::mem::take(&mut *self.waiting.lock().expect("audit queue lock"));
+                // Empty when an earlier turn took this event with its own; then its outcome
+                // was sent before that turn ended.
+                if !batch.is_empty() {
+                    let (events, senders): (Vec<_>, Vec<_>) = batch
+                        .into_iter()
+                        .map(|waiting| (waiting.event, waiting.appended))
+                        .unzip();
+                    let result = store
+                        .append_audit(&events)
+                        .await
+                        .map(|_| ())
+                        .map_err(|error| error.to_string());
+                    for sender in senders {
+                        let _ = sender.send(result.clone());
+                    }
                 }
+                outcome.await.unwrap_or_else(interrupted)
             }
         }
-        outcome
-            .await
-            .unwrap_or_else(|_| Err("the batch with this event was interrupted".into()))
     }
 }
 
