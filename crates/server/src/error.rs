@@ -10,6 +10,10 @@ use axum::response::{IntoResponse, Response};
 
 pub const PROBLEM_JSON: &str = "application/problem+json";
 
+/// Why a privileged action was refused when its audit record could not be written.
+const UNRECORDED: &str =
+    "the audit trail cannot be written now, so nothing was changed; try again later";
+
 #[derive(Debug)]
 pub enum ApiError {
     /// An error of the core, from an action or from authentication.
@@ -73,57 +77,55 @@ impl ApiError {
 
     fn problem(&self) -> (&'static str, &'static str, Option<String>) {
         match self {
-            ApiError::Core(error) => {
-                match error {
-                    Error::Invalid(invalid) => (
-                        "invalid-request",
-                        "The request is invalid",
-                        Some(invalid.to_string()),
-                    ),
-                    Error::Unauthenticated => (
-                        "unauthenticated",
-                        "Authentication required",
-                        Some("send a valid token as `Authorization: Bearer <token>`".into()),
-                    ),
-                    Error::Forbidden(text) => ("forbidden", "Not allowed", Some(text.clone())),
-                    Error::QuotaExceeded(text) => (
-                        "quota-exceeded",
-                        "The team's quota is used up",
-                        Some(text.clone()),
-                    ),
-                    Error::NotFound { kind } => {
-                        ("not-found", "Not found", Some(format!("{kind} not found")))
-                    }
-                    Error::Conflict(text) => (
-                        "conflict",
-                        "Conflict with the current state",
-                        Some(text.clone()),
-                    ),
-                    Error::RateLimited { .. } => {
-                        ("rate-limited", "Too many requests", Some(error.to_string()))
-                    }
-                    Error::Overloaded { reason, .. } => (
-                        "overloaded",
-                        "The server is at capacity",
-                        Some(reason.clone()),
-                    ),
-                    Error::Unavailable(text) => {
-                        ("unavailable", "Temporarily unavailable", Some(text.clone()))
-                    }
-                    Error::AuditUnavailable(text) => {
-                        tracing::error!(error = %text, "audit trail unavailable");
-                        (
-                        "audit-unavailable",
-                        "The audit trail cannot be written",
-                        Some("nothing was changed: this action is only done once it is on record".into()),
-                    )
-                    }
-                    Error::Internal(text) => {
-                        tracing::error!(error = %text, "internal error");
-                        ("internal", "Internal error", None)
-                    }
+            ApiError::Core(error) => match error {
+                Error::Invalid(invalid) => (
+                    "invalid-request",
+                    "The request is invalid",
+                    Some(invalid.to_string()),
+                ),
+                Error::Unauthenticated => (
+                    "unauthenticated",
+                    "Authentication required",
+                    Some("send a valid token as `Authorization: Bearer <token>`".into()),
+                ),
+                Error::Forbidden(text) => ("forbidden", "Not allowed", Some(text.clone())),
+                Error::QuotaExceeded(text) => (
+                    "quota-exceeded",
+                    "The team's quota is used up",
+                    Some(text.clone()),
+                ),
+                Error::NotFound { kind } => {
+                    ("not-found", "Not found", Some(format!("{kind} not found")))
                 }
-            }
+                Error::Conflict(text) => (
+                    "conflict",
+                    "Conflict with the current state",
+                    Some(text.clone()),
+                ),
+                Error::RateLimited { .. } => {
+                    ("rate-limited", "Too many requests", Some(error.to_string()))
+                }
+                Error::Overloaded { reason, .. } => (
+                    "overloaded",
+                    "The server is at capacity",
+                    Some(reason.clone()),
+                ),
+                Error::Unavailable(text) => {
+                    ("unavailable", "Temporarily unavailable", Some(text.clone()))
+                }
+                Error::AuditUnavailable(text) => {
+                    tracing::error!(error = %text, "the audit trail cannot be written");
+                    (
+                        "audit-unavailable",
+                        "Not on record, not done",
+                        Some(UNRECORDED.into()),
+                    )
+                }
+                Error::Internal(text) => {
+                    tracing::error!(error = %text, "internal error");
+                    ("internal", "Internal error", None)
+                }
+            },
             ApiError::Rejected { slug, detail, .. } => {
                 (slug, "The request was refused", Some(detail.clone()))
             }
