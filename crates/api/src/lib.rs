@@ -511,3 +511,37 @@ pub enum SessionMessage {
     /// server is shutting down); the socket closes after this.
     Closed { reason: String },
 }
+
+/// One event of the audit trail, with its place in the hash chain.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct AuditEvent {
+    /// Its place in the chain, from 1.
+    pub index: u64,
+    pub time: DateTime<Utc>,
+    pub request_id: String,
+    /// A user id, `anonymous` (no valid credential) or `system`.
+    pub actor: String,
+    /// An action name (`environment.create`) or, for a request refused before it became
+    /// one, its method and path.
+    pub action: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub target: Option<String>,
+    /// `ok`, `attempt` (a privileged action on record before it is done), or why it failed
+    /// (`forbidden`, `not_found`, `unauthenticated`, `rate_limited`, …).
+    pub outcome: String,
+    /// The client's address.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub detail: Option<String>,
+    /// The chain's hash up to and including this event (hex).
+    pub hash: String,
+}
+
+/// A page of audit events in chain order; pass `next_cursor` as `cursor` for the next.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct AuditEventList {
+    pub items: Vec<AuditEvent>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next_cursor: Option<String>,
+}

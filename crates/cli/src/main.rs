@@ -3,6 +3,7 @@
 //! `airlock_runtime::helper`), selected before anything else starts.
 
 mod access;
+mod audit;
 mod client;
 mod commands;
 mod output;
@@ -83,6 +84,9 @@ enum Command {
     /// List sessions, show one, replay a terminal session's recording.
     #[command(subcommand)]
     Session(sessions::SessionCommand),
+    /// Verify the audit trail's hash chain offline; export or list its events.
+    #[command(subcommand)]
+    Audit(audit::AuditCommand),
     /// Show who the current token belongs to.
     Whoami,
     /// Destroy every environment's sandbox in a data directory (the server must be stopped).
@@ -341,6 +345,7 @@ fn main() -> ExitCode {
             Command::Token(command) => commands::token(&cli.connection, command).await,
             Command::Team(command) => access::team(&cli.connection, command).await,
             Command::Access(command) => access::access(&cli.connection, command).await,
+            Command::Audit(command) => audit::audit(&cli.connection, command).await,
             Command::Whoami => commands::whoami(&cli.connection).await,
             Command::Shell {
                 environment,

@@ -277,6 +277,29 @@ fn print_fields(fields: &[(&str, String)]) {
 }
 
 /// How every time is shown: UTC to the second.
+pub fn print_audit_events(events: &[api::AuditEvent]) {
+    let rows = events
+        .iter()
+        .map(|event| {
+            vec![
+                event.index.to_string(),
+                time(event.time),
+                event.actor.clone(),
+                event.action.clone(),
+                event.target.clone().unwrap_or_else(|| "-".into()),
+                event.outcome.clone(),
+                event.source.clone().unwrap_or_else(|| "-".into()),
+            ]
+        })
+        .collect();
+    print_table(
+        &[
+            "INDEX", "TIME", "ACTOR", "ACTION", "TARGET", "OUTCOME", "SOURCE",
+        ],
+        rows,
+    );
+}
+
 pub fn time(at: DateTime<Utc>) -> String {
     at.format("%Y-%m-%d %H:%M:%SZ").to_string()
 }

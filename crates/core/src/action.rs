@@ -7,9 +7,11 @@
 use std::collections::BTreeMap;
 use std::fmt;
 
+use chrono::{DateTime, Utc};
 use serde::Serialize;
 
 use crate::access::{AccessProfile, AccessRequest, AccessState, SecretMount};
+use crate::audit::ChainedEvent;
 use crate::ids::{AccessRequestId, EnvironmentId, Name, SessionId, TokenId, UserId};
 use crate::model::{
     Environment, ExecOutput, NetworkMode, Party, Principal, Quota, Role, Scope, Team, TokenRecord,
@@ -102,6 +104,8 @@ pub enum Action {
     },
     /// How many environments and access requests are in each state, for `/metrics`.
     ReadMetrics,
+    /// Read the audit trail (auditors and admins).
+    ListAudit(ListAudit),
 }
 
 impl Action {
@@ -144,7 +148,27 @@ impl Action {
             Action::CopyOut { .. } => "environment.copy_out",
             Action::Proxy { .. } => "environment.proxy",
             Action::ReadMetrics => "metrics.read",
+            Action::ListAudit(_) => "audit.list",
         }
+    }
+
+    /// Whether the action changes who may do what (approvals and revocations, tokens, users
+    /// and their roles, teams and quotas, access profiles): its audit record is written
+    /// before anything changes, and without it nothing does.
+    pub fn is_privileged(&self) -> bool {
+        matches!(
+            self,
+            Action::ApproveAccess(_)
+                | Action::DenyAccess { .. }
+                | Action::RevokeAccess { .. }
+                | Action::CreateToken(_)
+                | Action::RevokeToken(_)
+                | Action::CreateUser(_)
+                | Action::UpdateUser { .. }
+                | Action::CreateTeam { .. }
+                | Action::SetQuota { .. }
+                | Action::CreateProfile(_)
+        )
     }
 
     /// The id of what the action is about, when it names one.
@@ -311,6 +335,21 @@ pub struct ListAccessRequests {
     pub limit: Option<u32>,
 }
 
+/// Audit events in chain order, filtered; every filter given must match.
+#[derive(Debug, Clone, Default)]
+pub struct ListAudit {
+    pub actor: Option<String>,
+    pub action: Option<String>,
+    pub target: Option<String>,
+    /// At or after this time.
+    pub since: Option<DateTime<Utc>>,
+    /// Before this time.
+    pub until: Option<DateTime<Utc>>,
+    /// Only events after this index (the cursor).
+    pub after: Option<u64>,
+    pub limit: Option<u32>,
+}
+
 #[derive(Debug, Clone, Default)]
 pub struct NewToken {
     pub user: Option<UserId>,
@@ -367,6 +406,11 @@ pub enum Reply {
     /// A connection to a port inside an environment.
     Connection(Conn),
     Metrics(StateCounts),
+    Audit {
+        items: Vec<ChainedEvent>,
+        /// The index to continue after, when more may follow.
+        next: Option<u64>,
+    },
     Done,
 }
 

@@ -59,6 +59,10 @@ pub enum Error {
     /// Something the server cannot do now.
     #[error("{0}")]
     Unavailable(String),
+    /// The audit record of a privileged action could not be written, so the action was not
+    /// done. The string (the store's error) goes to the log, never to the caller.
+    #[error("the audit trail cannot be written: {0}")]
+    AuditUnavailable(String),
     /// Something failed inside airlock; details go to the log, never to the caller.
     #[error("internal error: {0}")]
     Internal(String),
@@ -85,6 +89,7 @@ impl Error {
             Error::RateLimited { .. } => "rate_limited",
             Error::Overloaded { .. } => "overloaded",
             Error::Unavailable(_) => "unavailable",
+            Error::AuditUnavailable(_) => "audit_unavailable",
             Error::Internal(_) => "error",
         }
     }

@@ -4,6 +4,7 @@
 pub mod access;
 pub mod action;
 pub mod admission;
+pub mod audit;
 pub mod authz;
 pub mod engine;
 pub mod error;

@@ -30,6 +30,7 @@ pub fn required_scope(action: &Action) -> Scope {
         | Action::ListSessions(_)
         | Action::GetSession(_)
         | Action::GetRecording(_) => Scope::Read,
+        Action::ListAudit(_) => Scope::Read,
         Action::CreateEnvironment { .. }
         | Action::StopEnvironment(_)
         | Action::StartEnvironment(_)

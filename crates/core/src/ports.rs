@@ -11,6 +11,7 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use crate::access::{
     AccessProfile, AccessRequest, AccessState, Approved, SandboxFile, SecretSource, SecretValue,
 };
+use crate::audit::{ChainHead, ChainedEvent};
 use crate::ids::{AccessRequestId, EnvironmentId, Name, SessionId, TokenId, UserId};
 use crate::model::{
     AuditEvent, EnvState, Environment, ExecOutput, ExecSpec, NetworkMode, Quota, Resources, Team,
@@ -210,8 +211,6 @@ pub trait Store: Send + Sync + 'static {
         limit: u32,
     ) -> Result<Vec<Environment>, StoreError>;
 
-    async fn append_audit(&self, event: &AuditEvent) -> Result<(), StoreError>;
-
     // ---- sessions ----
     async fn insert_session(&self, session: &Session) -> Result<(), StoreError>;
     /// Records how a session ended (once: a session already ended is left as it is).
@@ -221,7 +220,38 @@ pub trait Store: Send + Sync + 'static {
     async fn list_sessions(&self, query: &SessionQuery) -> Result<Vec<Session>, StoreError>;
     /// Ends, at `at`, every session still open: at start, those of a server that died.
     async fn end_open_sessions(&self, at: DateTime<Utc>) -> Result<u64, StoreError>;
+    /// Appends `events` to the audit trail's hash chain, in order, in one transaction: each
+    /// gets the next index and the chain's hash there ([`ChainHead::next`]), continuing from
+    /// the last chained event as read under the database's write lock, so that appends from
+    /// several servers sharing a database still form one chain. The new head; nothing is
+    /// written when it fails.
+    async fn append_audit(&self, events: &[AuditEvent]) -> Result<ChainHead, StoreError>;
+    /// Chains the events that have no place in the chain yet (written by an airlock from
+    /// before the chain), in the order they were written, after the head; how many.
+    async fn chain_unchained_audit(&self) -> Result<u64, StoreError>;
+    /// How many events have no place in the chain.
+    async fn count_unchained_audit(&self) -> Result<u64, StoreError>;
+    /// The last chained event's index and hash; the genesis head when there is none.
+    async fn audit_head(&self) -> Result<ChainHead, StoreError>;
+    /// Chained events matching `query`, in index order, as stored.
+    async fn query_audit(&self, query: &AuditQuery) -> Result<Vec<ChainedEvent>, StoreError>;
+    /// The latest events, newest first.
     async fn list_audit(&self, limit: u32) -> Result<Vec<AuditEvent>, StoreError>;
+}
+
+/// Which audit events to read: all of them match the given filters.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct AuditQuery {
+    pub actor: Option<String>,
+    pub action: Option<String>,
+    pub target: Option<String>,
+    /// At or after this time.
+    pub since: Option<DateTime<Utc>>,
+    /// Before this time.
+    pub until: Option<DateTime<Utc>>,
+    /// Only events after this index.
+    pub after: u64,
+    pub limit: u32,
 }
 
 #[derive(Debug, Clone, Default)]

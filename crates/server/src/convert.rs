@@ -306,3 +306,19 @@ pub fn session(session: airlock_core::session::Session) -> api::Session {
         recorded: session.recorded,
     }
 }
+
+pub fn audit_event(stored: airlock_core::audit::ChainedEvent) -> api::AuditEvent {
+    let event = stored.event;
+    api::AuditEvent {
+        index: stored.index,
+        time: event.time,
+        request_id: event.request_id,
+        actor: event.actor,
+        action: event.action,
+        target: event.target,
+        outcome: event.outcome,
+        source: event.source,
+        detail: event.detail,
+        hash: airlock_core::audit::to_hex(&stored.hash),
+    }
+}

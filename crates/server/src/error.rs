@@ -10,6 +10,10 @@ use axum::response::{IntoResponse, Response};
 
 pub const PROBLEM_JSON: &str = "application/problem+json";
 
+/// Why a privileged action was refused when its audit record could not be written.
+const UNRECORDED: &str =
+    "the audit trail cannot be written now, so nothing was changed; try again later";
+
 #[derive(Debug)]
 pub enum ApiError {
     /// An error of the core, from an action or from authentication.
@@ -39,7 +43,9 @@ impl ApiError {
                 Error::NotFound { .. } => StatusCode::NOT_FOUND,
                 Error::Conflict(_) => StatusCode::CONFLICT,
                 Error::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
-                Error::Overloaded { .. } | Error::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+                Error::Overloaded { .. } | Error::Unavailable(_) | Error::AuditUnavailable(_) => {
+                    StatusCode::SERVICE_UNAVAILABLE
+                }
                 Error::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
             },
             ApiError::Rejected { status, .. } => *status,
@@ -106,6 +112,14 @@ impl ApiError {
                 ),
                 Error::Unavailable(text) => {
                     ("unavailable", "Temporarily unavailable", Some(text.clone()))
+                }
+                Error::AuditUnavailable(text) => {
+                    tracing::error!(error = %text, "the audit trail cannot be written");
+                    (
+                        "audit-unavailable",
+                        "Not on record, not done",
+                        Some(UNRECORDED.into()),
+                    )
                 }
                 Error::Internal(text) => {
                     tracing::error!(error = %text, "internal error");

@@ -61,7 +61,11 @@ impl FromRequestParts<AppState> for Caller {
             (None, _) => Err(Error::Unauthenticated),
         };
         match result {
-            Ok(principal) => Ok(Caller { principal, origin }),
+            Ok(principal) => {
+                // For the record of a body refused after this (see `Body`).
+                parts.extensions.insert(principal.clone());
+                Ok(Caller { principal, origin })
+            }
             Err(error) => {
                 let action = format!("{} {}", parts.method, parts.uri.path());
                 state
@@ -87,6 +91,8 @@ where
         let (parts, body) = request.into_parts();
         let origin = origin(&parts);
         let action = format!("{} {}", parts.method, parts.uri.path());
+        // The caller, when it was authenticated before the body was read.
+        let actor = parts.extensions.get::<Principal>().cloned();
         let request = Request::from_parts(parts, body);
         let error = match axum::Json::<T>::from_request(request, state).await {
             Ok(axum::Json(value)) => return Ok(Body(value)),
@@ -94,7 +100,7 @@ where
         };
         state
             .engine
-            .record_refusal(&origin, None, &action, &error.as_core())
+            .record_refusal(&origin, actor.as_ref(), &action, &error.as_core())
             .await;
         Err(error)
     }

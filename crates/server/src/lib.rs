@@ -2,6 +2,7 @@
 //! OpenAPI document, and start-up (store, runtime, first admin, reconciliation, serving).
 
 pub mod alerts;
+pub mod checkpoints;
 mod convert;
 mod error;
 mod extract;
@@ -139,6 +140,7 @@ pub fn build_app(state: AppState) -> Router {
         .route("/v1/sessions", get(handlers::list_sessions))
         .route("/v1/sessions/{id}", get(handlers::get_session))
         .route("/v1/sessions/{id}/recording", get(handlers::get_recording))
+        .route("/v1/audit", get(handlers::list_audit))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(BODY_LIMIT))

@@ -49,6 +49,7 @@ use crate::handlers;
         handlers::list_sessions,
         handlers::get_session,
         handlers::get_recording,
+        handlers::list_audit,
     ),
     components(schemas(airlock_api::SessionMessage)),
     modifiers(&BearerAuth)
@@ -88,6 +89,7 @@ mod tests {
             "/v1/environments/{id}/exec/stream",
             "/v1/environments/{id}/files",
             "/v1/sessions/{id}/recording",
+            "/v1/audit",
             "/healthz",
         ] {
             assert!(document["paths"].get(path).is_some(), "{path} missing");

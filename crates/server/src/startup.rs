@@ -20,6 +20,7 @@ use nix::fcntl::{Flock, FlockArg};
 use tokio::net::TcpListener;
 
 use crate::alerts::{AlertConfig, Alerts};
+use crate::checkpoints::Checkpointer;
 use crate::metrics::Metrics;
 use crate::oidc_auth::{OidcAuthenticator, OidcSettings};
 use crate::secrets::HostSecrets;
@@ -31,6 +32,9 @@ const ACCESS_SWEEP_EVERY: Duration = Duration::from_secs(1);
 
 /// How often the warm pool is checked when no create takes from it.
 const POOL_CHECK_EVERY: Duration = Duration::from_secs(5);
+
+/// How often the audit chain is checkpointed when it moved (and once more at shutdown).
+const CHECKPOINT_EVERY: Duration = Duration::from_secs(2);
 
 /// Everything the server needs to start, validated by the caller (the CLI).
 /// Not `Debug`: the database URL may hold a password.
@@ -75,6 +79,7 @@ pub struct Started {
     /// Where the unauthenticated metrics listener is, when there is one.
     pub metrics_address: Option<SocketAddr>,
     metrics_listener: Option<TcpListener>,
+    checkpointer: Arc<Checkpointer>,
     oidc: Option<Arc<OidcAuthenticator>>,
     shutdown_grace: Duration,
     sessions: Arc<Sessions>,
@@ -134,6 +139,15 @@ pub async fn start(config: ServerConfig) -> Result<Started> {
         .transpose()
         .context("configuring OIDC")?;
 
+    // Before anything is audited: events an older airlock wrote get their place in the
+    // chain, and the checkpoint key is ready.
+    engine
+        .prepare_audit()
+        .await
+        .context("preparing the audit chain")?;
+    let checkpointer =
+        Arc::new(Checkpointer::open(&config.data_dir).context("opening the audit checkpoints")?);
+
     // Before the first request: a clock set back while the server was down cannot extend a
     // grant, and a grant that ended while it was down is revoked now.
     engine.restore_time().await.context("reading the time")?;
@@ -187,6 +201,11 @@ pub async fn start(config: ServerConfig) -> Result<Started> {
         .await
         .context("preparing the warm pool")?;
 
+    // Everything start-up did is signed before the first request.
+    checkpoint(&engine, &checkpointer)
+        .await
+        .context("writing an audit checkpoint")?;
+
     let listener = TcpListener::bind(config.listen)
         .await
         .with_context(|| format!("listening on {}", config.listen))?;
@@ -216,6 +235,7 @@ pub async fn start(config: ServerConfig) -> Result<Started> {
         metrics,
         metrics_address,
         metrics_listener,
+        checkpointer,
         oidc: oidc.map(Arc::new),
         shutdown_grace: config.shutdown_grace,
         sessions: Arc::new(Sessions::new(
@@ -295,6 +315,18 @@ pub async fn run(started: Started, reconcile_every: Duration) -> Result<()> {
             }
         })
     });
+    let engine = started.engine.clone();
+    let checkpointer = started.checkpointer.clone();
+    let checkpoints = tokio::spawn(async move {
+        let mut interval = tokio::time::interval(CHECKPOINT_EVERY);
+        interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            interval.tick().await;
+            if let Err(error) = checkpoint(&engine, &checkpointer).await {
+                tracing::error!(error = format!("{error:#}"), "audit checkpoint failed");
+            }
+        }
+    });
     let app = build_app(AppState {
         engine: started.engine.clone(),
         oidc: started.oidc.clone(),
@@ -327,16 +359,41 @@ pub async fn run(started: Started, reconcile_every: Duration) -> Result<()> {
             }
         }
     };
+    // Whichever branch won above: every session ends, and records its end, before the
+    // background work stops and the last checkpoint is signed.
+    started.sessions.close_all(started.shutdown_grace).await;
     reconciler.abort();
     sweeper.abort();
     refiller.abort();
     if let Some(metrics_server) = metrics_server {
         metrics_server.abort();
     }
+    checkpoints.abort();
+    // The last word: everything recorded until now is signed.
+    if let Err(error) = checkpoint(&started.engine, &started.checkpointer).await {
+        tracing::error!(
+            error = format!("{error:#}"),
+            "the final audit checkpoint failed"
+        );
+    }
     served
         .context("the server task failed")?
         .context("serving")?;
     tracing::info!("stopped; environments keep running");
+    Ok(())
+}
+
+/// Signs the audit chain's head, if it moved since the last checkpoint.
+async fn checkpoint(engine: &Engine, checkpointer: &Arc<Checkpointer>) -> Result<()> {
+    let head = engine
+        .audit_head()
+        .await
+        .context("reading the chain's head")?;
+    let time = engine.now();
+    let checkpointer = checkpointer.clone();
+    tokio::task::spawn_blocking(move || checkpointer.checkpoint(head, time))
+        .await
+        .context("the checkpoint task failed")??;
     Ok(())
 }
 

@@ -6,6 +6,7 @@
 use std::time::Duration;
 
 use airlock_core::access::{AccessProfile, AccessRequest, AccessState, Approval, SecretMount};
+use airlock_core::audit::{ChainHead, ChainedEvent, Hash};
 use airlock_core::ids::{AccessRequestId, EnvironmentId, Name, SessionId, TokenId, UserId};
 use airlock_core::model::{
     AuditEvent, EnvState, Environment, NetworkMode, Party, Quota, Resources, Role, Scope, Team,
@@ -27,6 +28,7 @@ pub(crate) trait Columns {
     fn integer(&self, column: &str) -> Result<i64, StoreError>;
     fn optional_integer(&self, column: &str) -> Result<Option<i64>, StoreError>;
     fn bytes(&self, column: &str) -> Result<&[u8], StoreError>;
+    fn optional_bytes(&self, column: &str) -> Result<Option<&[u8]>, StoreError>;
 
     /// A time, stored as microseconds since the Unix epoch.
     fn time(&self, column: &str) -> Result<DateTime<Utc>, StoreError> {
@@ -64,6 +66,10 @@ where
     }
 
     fn bytes(&self, column: &str) -> Result<&[u8], StoreError> {
+        self.try_get(column).map_err(corrupt)
+    }
+
+    fn optional_bytes(&self, column: &str) -> Result<Option<&[u8]>, StoreError> {
         self.try_get(column).map_err(corrupt)
     }
 }
@@ -282,6 +288,34 @@ pub(crate) fn session(row: &impl Columns) -> Result<Session, StoreError> {
         bytes_out: row.integer("bytes_out")? as u64,
         recorded: row.integer("recorded")? != 0,
     })
+}
+
+/// A chained audit event. A stored hash that is missing or not 32 bytes long is read as
+/// zeros, which no chain hash equals: the verifier then names the event, as it would for any
+/// hash that does not match.
+pub(crate) fn chained_event(row: &impl Columns) -> Result<ChainedEvent, StoreError> {
+    Ok(ChainedEvent {
+        index: row.integer("chain_index")? as u64,
+        hash: stored_hash(row.optional_bytes("hash")?),
+        event: audit_event(row)?,
+    })
+}
+
+/// The head of the chain from the last chained event's row, if there is one.
+pub(crate) fn chain_head(row: Option<&impl Columns>) -> Result<ChainHead, StoreError> {
+    match row {
+        None => Ok(ChainHead::genesis()),
+        Some(row) => Ok(ChainHead {
+            index: row.integer("chain_index")? as u64,
+            hash: stored_hash(row.optional_bytes("hash")?),
+        }),
+    }
+}
+
+fn stored_hash(bytes: Option<&[u8]>) -> Hash {
+    bytes
+        .and_then(|bytes| bytes.try_into().ok())
+        .unwrap_or([0; 32])
 }
 
 /// A list column: its words, comma-separated.

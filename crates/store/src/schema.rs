@@ -143,4 +143,13 @@ CREATE INDEX sessions_by_environment ON sessions (environment_id, id);
 CREATE INDEX sessions_by_user ON sessions (user_id, id);
 CREATE INDEX sessions_open ON sessions (id) WHERE ended_at IS NULL;
 "#,
+    r#"
+-- The audit trail's hash chain: each event's place in it (from 1) and the chain's hash up to
+-- and including it. Events written before have neither until the server chains them at start.
+ALTER TABLE audit_events ADD COLUMN chain_index INTEGER;
+ALTER TABLE audit_events ADD COLUMN hash BLOB;
+CREATE UNIQUE INDEX audit_events_by_index ON audit_events (chain_index);
+CREATE INDEX audit_events_by_actor ON audit_events (actor, chain_index);
+CREATE INDEX audit_events_by_target ON audit_events (target, chain_index);
+"#,
 ];

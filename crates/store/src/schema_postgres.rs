@@ -141,4 +141,12 @@ CREATE INDEX sessions_by_environment ON sessions (environment_id, id);
 CREATE INDEX sessions_by_user ON sessions (user_id, id);
 CREATE INDEX sessions_open ON sessions (id) WHERE ended_at IS NULL;
 "#,
+    r#"
+-- The audit trail's hash chain, as on SQLite.
+ALTER TABLE audit_events ADD COLUMN chain_index BIGINT;
+ALTER TABLE audit_events ADD COLUMN hash BYTEA;
+CREATE UNIQUE INDEX audit_events_by_index ON audit_events (chain_index);
+CREATE INDEX audit_events_by_actor ON audit_events (actor, chain_index);
+CREATE INDEX audit_events_by_target ON audit_events (target, chain_index);
+"#,
 ];

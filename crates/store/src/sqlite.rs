@@ -6,12 +6,14 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use airlock_core::access::{AccessProfile, AccessRequest, AccessState, Approval, Approved};
+use airlock_core::audit::{ChainHead, ChainedEvent};
 use airlock_core::ids::{AccessRequestId, EnvironmentId, Name, SessionId, TokenId, UserId};
 use airlock_core::model::{
     AuditEvent, EnvState, Environment, Quota, Resources, Team, TokenRecord, User,
 };
 use airlock_core::ports::{
-    AccessQuery, Ceilings, Claimed, EnvironmentQuery, Inserted, SessionQuery, Store, StoreError,
+    AccessQuery, AuditQuery, Ceilings, Claimed, EnvironmentQuery, Inserted, SessionQuery, Store,
+    StoreError,
 };
 use airlock_core::session::Session;
 use async_trait::async_trait;
@@ -47,6 +49,21 @@ impl SqliteStore {
         let store = Self { pool };
         store.migrate().await?;
         Ok(store)
+    }
+
+    /// Opens an existing database only to read it, as it is (no migration): e.g. to verify
+    /// the audit trail, also while a server is using the database.
+    pub async fn open_read_only(path: &Path) -> Result<Self, StoreError> {
+        let options = SqliteConnectOptions::from_str(&format!("sqlite://{}", path.display()))
+            .map_err(backend)?
+            .read_only(true)
+            .busy_timeout(Duration::from_secs(10));
+        let pool = SqlitePoolOptions::new()
+            .max_connections(2)
+            .connect_with(options)
+            .await
+            .map_err(backend)?;
+        Ok(Self { pool })
     }
 
     async fn migrate(&self) -> Result<(), StoreError> {
@@ -817,23 +834,99 @@ impl Store for SqliteStore {
         Ok(done.rows_affected())
     }
 
-    async fn append_audit(&self, event: &AuditEvent) -> Result<(), StoreError> {
-        sqlx::query(
-            "INSERT INTO audit_events (time, request_id, actor, action, target, outcome, source, detail)
-             VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-        )
-        .bind(micros(event.time))
-        .bind(&event.request_id)
-        .bind(&event.actor)
-        .bind(&event.action)
-        .bind(event.target.as_deref())
-        .bind(&event.outcome)
-        .bind(event.source.as_deref())
-        .bind(event.detail.as_deref())
-        .execute(&self.pool)
-        .await
-        .map_err(backend)?;
-        Ok(())
+    async fn append_audit(&self, events: &[AuditEvent]) -> Result<ChainHead, StoreError> {
+        // IMMEDIATE: the write lock before reading the head, so no other write slips between.
+        let mut tx = self
+            .pool
+            .begin_with("BEGIN IMMEDIATE")
+            .await
+            .map_err(backend)?;
+        let mut head = read_audit_head(&mut tx).await?;
+        for event in events {
+            head = head.next(event);
+            sqlx::query(
+                "INSERT INTO audit_events (time, request_id, actor, action, target, outcome, source, detail, chain_index, hash)
+                 VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            )
+            .bind(micros(event.time))
+            .bind(&event.request_id)
+            .bind(&event.actor)
+            .bind(&event.action)
+            .bind(event.target.as_deref())
+            .bind(&event.outcome)
+            .bind(event.source.as_deref())
+            .bind(event.detail.as_deref())
+            .bind(head.index as i64)
+            .bind(&head.hash[..])
+            .execute(&mut *tx)
+            .await
+            .map_err(backend)?;
+        }
+        tx.commit().await.map_err(backend)?;
+        Ok(head)
+    }
+
+    async fn chain_unchained_audit(&self) -> Result<u64, StoreError> {
+        let mut tx = self
+            .pool
+            .begin_with("BEGIN IMMEDIATE")
+            .await
+            .map_err(backend)?;
+        let mut head = read_audit_head(&mut tx).await?;
+        let rows = sqlx::query("SELECT * FROM audit_events WHERE chain_index IS NULL ORDER BY seq")
+            .fetch_all(&mut *tx)
+            .await
+            .map_err(backend)?;
+        for row in &rows {
+            head = head.next(&records::audit_event(row)?);
+            sqlx::query("UPDATE audit_events SET chain_index = ?, hash = ? WHERE seq = ?")
+                .bind(head.index as i64)
+                .bind(&head.hash[..])
+                .bind(sqlx::Row::try_get::<i64, _>(row, "seq").map_err(corrupt)?)
+                .execute(&mut *tx)
+                .await
+                .map_err(backend)?;
+        }
+        tx.commit().await.map_err(backend)?;
+        Ok(rows.len() as u64)
+    }
+
+    async fn count_unchained_audit(&self) -> Result<u64, StoreError> {
+        let count: i64 =
+            sqlx::query_scalar("SELECT COUNT(*) FROM audit_events WHERE chain_index IS NULL")
+                .fetch_one(&self.pool)
+                .await
+                .map_err(backend)?;
+        Ok(count as u64)
+    }
+
+    async fn audit_head(&self) -> Result<ChainHead, StoreError> {
+        let mut connection = self.pool.acquire().await.map_err(backend)?;
+        read_audit_head(&mut connection).await
+    }
+
+    async fn query_audit(&self, query: &AuditQuery) -> Result<Vec<ChainedEvent>, StoreError> {
+        let mut sql = QueryBuilder::new("SELECT * FROM audit_events WHERE chain_index > ");
+        sql.push_bind(query.after.min(i64::MAX as u64) as i64);
+        if let Some(actor) = &query.actor {
+            sql.push(" AND actor = ").push_bind(actor.as_str());
+        }
+        if let Some(action) = &query.action {
+            sql.push(" AND action = ").push_bind(action.as_str());
+        }
+        if let Some(target) = &query.target {
+            sql.push(" AND target = ").push_bind(target.as_str());
+        }
+        if let Some(since) = query.since {
+            sql.push(" AND time >= ").push_bind(micros(since));
+        }
+        if let Some(until) = query.until {
+            sql.push(" AND time < ").push_bind(micros(until));
+        }
+        sql.push(" ORDER BY chain_index LIMIT ")
+            .push_bind(query.limit as i64);
+        let rows = sql.build().fetch_all(&self.pool).await.map_err(backend)?;
+        rows.iter().map(records::chained_event).collect()
     }
 
     async fn list_audit(&self, limit: u32) -> Result<Vec<AuditEvent>, StoreError> {
@@ -844,6 +937,18 @@ impl Store for SqliteStore {
             .map_err(backend)?;
         rows.iter().map(records::audit_event).collect()
     }
+}
+
+/// The last chained event's index and hash.
+async fn read_audit_head(connection: &mut SqliteConnection) -> Result<ChainHead, StoreError> {
+    let row = sqlx::query(
+        "SELECT chain_index, hash FROM audit_events WHERE chain_index IS NOT NULL
+         ORDER BY chain_index DESC LIMIT 1",
+    )
+    .fetch_optional(&mut *connection)
+    .await
+    .map_err(backend)?;
+    records::chain_head(row.as_ref())
 }
 
 /// Claims an idempotency key for `environment`; the earlier claim when it was taken. Writing

@@ -13,13 +13,14 @@ use std::time::Duration;
 use airlock_core::access::{
     AccessProfile, AccessRequest, AccessState, Approval, Approved, SecretMount,
 };
+use airlock_core::audit::{ChainHead, ChainedEvent};
 use airlock_core::ids::{AccessRequestId, EnvironmentId, Name, SessionId, TokenId, UserId};
 use airlock_core::model::{
     AuditEvent, EnvState, Environment, NetworkMode, Party, Quota, Resources, Role, Scope, Team,
     TokenRecord, User,
 };
 use airlock_core::ports::{
-    AccessQuery, Ceilings, EnvironmentQuery, Inserted, SessionQuery, Store, StoreError,
+    AccessQuery, AuditQuery, Ceilings, EnvironmentQuery, Inserted, SessionQuery, Store, StoreError,
 };
 use airlock_core::session::{Session, SessionKind};
 use airlock_store::{PostgresStore, SqliteStore};
@@ -80,6 +81,10 @@ conformance!(
     states_are_counted_for_metrics,
     audit_appends_and_lists_newest_first,
     sessions_start_end_once_and_list,
+    audit_appends_form_one_hash_chain,
+    audit_queries_filter_and_page_in_chain_order,
+    audit_events_from_before_the_chain_are_chained_in_written_order,
+    concurrent_audit_appends_from_two_stores_form_one_chain,
     reopening_keeps_the_data,
 );
 
@@ -146,6 +151,23 @@ impl Db {
             Place::Sqlite { path, .. } => Arc::new(SqliteStore::open(path).await?),
             Place::Postgres { url, .. } => Arc::new(PostgresStore::connect(url).await?),
         })
+    }
+
+    /// Runs SQL on the database directly, as an older airlock (or an intruder) would.
+    async fn raw(&self, sql: &str) {
+        match &self.place {
+            Place::Sqlite { path, .. } => {
+                let mut connection =
+                    sqlx::SqliteConnection::connect(&format!("sqlite://{}", path.display()))
+                        .await
+                        .unwrap();
+                sqlx::raw_sql(sql).execute(&mut connection).await.unwrap();
+            }
+            Place::Postgres { url, .. } => {
+                let mut connection = sqlx::PgConnection::connect(url).await.unwrap();
+                sqlx::raw_sql(sql).execute(&mut connection).await.unwrap();
+            }
+        }
     }
 
     /// Drops a passed test's schema; a failed test's stays for a look.
@@ -2158,7 +2180,10 @@ async fn audit_appends_and_lists_newest_first(db: &Db) {
     // Appended order decides, not the events' own times.
     let third = audit(-100, "access.approve");
     for event in [&first, &second, &third] {
-        store.append_audit(event).await.unwrap();
+        store
+            .append_audit(std::slice::from_ref(event))
+            .await
+            .unwrap();
     }
     assert_eq!(
         store.list_audit(10).await.unwrap(),
@@ -2267,6 +2292,209 @@ async fn sessions_start_end_once_and_list(db: &Db) {
     let forward = store.get_session(&forward.id).await.unwrap().unwrap();
     assert_eq!((forward.ended_at, forward.exit_code), (Some(at(30)), None));
     assert_eq!(store.end_open_sessions(at(40)).await.unwrap(), 0);
+}
+
+/// The chain as the core computes it over `events`.
+fn chained(events: &[AuditEvent]) -> Vec<ChainedEvent> {
+    let mut head = ChainHead::genesis();
+    events
+        .iter()
+        .map(|event| {
+            head = head.next(event);
+            ChainedEvent {
+                index: head.index,
+                hash: head.hash,
+                event: event.clone(),
+            }
+        })
+        .collect()
+}
+
+fn everything() -> AuditQuery {
+    AuditQuery {
+        limit: 1000,
+        ..Default::default()
+    }
+}
+
+async fn audit_appends_form_one_hash_chain(db: &Db) {
+    let store = db.store();
+    assert_eq!(store.audit_head().await.unwrap(), ChainHead::genesis());
+    assert_eq!(store.query_audit(&everything()).await.unwrap(), Vec::new());
+    let events: Vec<AuditEvent> = (0..7)
+        .map(|n| AuditEvent {
+            target: (n % 2 == 0).then(|| format!("env_{n}")),
+            detail: (n % 3 == 0).then(|| "détail, with \"quotes\"".to_owned()),
+            ..audit(n, "environment.create")
+        })
+        .collect();
+    // One batch of three, one of one, one of three: one chain.
+    let head = store.append_audit(&events[..3]).await.unwrap();
+    assert_eq!(head.index, 3);
+    store.append_audit(&events[3..4]).await.unwrap();
+    let head = store.append_audit(&events[4..]).await.unwrap();
+    let expected = chained(&events);
+    assert_eq!(head.index, 7);
+    assert_eq!(head.hash, expected[6].hash);
+    assert_eq!(store.audit_head().await.unwrap(), head);
+    assert_eq!(store.query_audit(&everything()).await.unwrap(), expected);
+    // An empty batch writes nothing and says where the chain ends.
+    assert_eq!(store.append_audit(&[]).await.unwrap(), head);
+    assert_eq!(store.count_unchained_audit().await.unwrap(), 0);
+    assert_eq!(store.chain_unchained_audit().await.unwrap(), 0);
+    // A restart continues the same chain.
+    let reopened = db.open_again().await.unwrap();
+    let next = reopened.append_audit(&[audit(9, "whoami")]).await.unwrap();
+    assert_eq!(next, head.next(&audit(9, "whoami")));
+}
+
+async fn audit_queries_filter_and_page_in_chain_order(db: &Db) {
+    let store = db.store();
+    let events = vec![
+        AuditEvent {
+            actor: "usr_a".into(),
+            ..audit(1, "token.create")
+        },
+        AuditEvent {
+            actor: "usr_b".into(),
+            target: Some("acr_1".into()),
+            ..audit(2, "access.approve")
+        },
+        AuditEvent {
+            actor: "usr_a".into(),
+            target: Some("acr_1".into()),
+            ..audit(3, "access.revoke")
+        },
+        AuditEvent {
+            actor: "usr_a".into(),
+            ..audit(4, "token.create")
+        },
+    ];
+    store.append_audit(&events).await.unwrap();
+    let all = chained(&events);
+    let query = |change: fn(&mut AuditQuery)| {
+        let mut query = everything();
+        change(&mut query);
+        let store = store.clone();
+        async move {
+            store
+                .query_audit(&query)
+                .await
+                .unwrap()
+                .into_iter()
+                .map(|item| item.index)
+                .collect::<Vec<_>>()
+        }
+    };
+    assert_eq!(query(|_| {}).await, [1, 2, 3, 4]);
+    assert_eq!(query(|q| q.actor = Some("usr_a".into())).await, [1, 3, 4]);
+    assert_eq!(
+        query(|q| q.action = Some("token.create".into())).await,
+        [1, 4]
+    );
+    assert_eq!(query(|q| q.target = Some("acr_1".into())).await, [2, 3]);
+    assert_eq!(query(|q| q.since = Some(at(2))).await, [2, 3, 4]);
+    assert_eq!(query(|q| q.until = Some(at(3))).await, [1, 2]);
+    assert_eq!(
+        query(|q| {
+            q.actor = Some("usr_a".into());
+            q.since = Some(at(2));
+            q.until = Some(at(4));
+        })
+        .await,
+        [3]
+    );
+    assert_eq!(query(|q| q.after = 2).await, [3, 4]);
+    assert_eq!(query(|q| q.limit = 2).await, [1, 2]);
+    assert_eq!(
+        query(|q| {
+            q.after = 1;
+            q.limit = 1;
+            q.actor = Some("usr_a".into());
+        })
+        .await,
+        [3]
+    );
+    assert_eq!(
+        store
+            .query_audit(&AuditQuery {
+                after: 3,
+                ..everything()
+            })
+            .await
+            .unwrap(),
+        all[3..]
+    );
+}
+
+async fn audit_events_from_before_the_chain_are_chained_in_written_order(db: &Db) {
+    // Rows as an airlock from before the chain wrote them: no index, no hash.
+    db.raw(
+        "INSERT INTO audit_events (time, request_id, actor, action, target, outcome, source, detail)
+         VALUES (1893456001123456, 'req-1', 'usr_someone', 'environment.create', NULL, 'ok', NULL, NULL);
+         INSERT INTO audit_events (time, request_id, actor, action, target, outcome, source, detail)
+         VALUES (1893456000123456, 'req-0', 'anonymous', 'GET /v1/users', NULL, 'unauthenticated', '192.0.2.1', 'authentication required');",
+    )
+    .await;
+    let store = db.store();
+    assert_eq!(store.count_unchained_audit().await.unwrap(), 2);
+    assert_eq!(store.audit_head().await.unwrap(), ChainHead::genesis());
+    assert_eq!(store.chain_unchained_audit().await.unwrap(), 2);
+    assert_eq!(store.count_unchained_audit().await.unwrap(), 0);
+    let mut legacy = vec![
+        AuditEvent {
+            target: None,
+            source: None,
+            detail: None,
+            ..audit(1, "environment.create")
+        },
+        AuditEvent {
+            actor: "anonymous".into(),
+            target: None,
+            outcome: "unauthenticated".into(),
+            source: Some("192.0.2.1".into()),
+            detail: Some("authentication required".into()),
+            ..audit(0, "GET /v1/users")
+        },
+    ];
+    // Written order (not time) decides; new events follow.
+    store.append_audit(&[audit(5, "whoami")]).await.unwrap();
+    legacy.push(audit(5, "whoami"));
+    assert_eq!(
+        store.query_audit(&everything()).await.unwrap(),
+        chained(&legacy)
+    );
+}
+
+async fn concurrent_audit_appends_from_two_stores_form_one_chain(db: &Db) {
+    // Two servers on one database (PostgreSQL), or a store and a second pool (SQLite).
+    let stores = [db.store(), db.open_again().await.unwrap()];
+    let appends = (0..40).map(|n| {
+        let store = stores[n % 2].clone();
+        tokio::spawn(async move {
+            let batch: Vec<AuditEvent> = (0..(n % 3 + 1))
+                .map(|k| audit((n * 10 + k) as i64, "environment.exec"))
+                .collect();
+            store.append_audit(&batch).await.unwrap();
+        })
+    });
+    for append in futures_join(appends).await {
+        append.unwrap();
+    }
+    let stored = db.store().query_audit(&everything()).await.unwrap();
+    let events: Vec<AuditEvent> = stored.iter().map(|item| item.event.clone()).collect();
+    assert_eq!(stored.len(), (0..40).map(|n| n % 3 + 1).sum::<usize>());
+    assert_eq!(stored, chained(&events));
+}
+
+async fn futures_join<T>(
+    handles: impl Iterator<Item = tokio::task::JoinHandle<T>>,
+) -> Vec<Result<T, tokio::task::JoinError>> {
+    let mut results = Vec::new();
+    for handle in handles.collect::<Vec<_>>() {
+        results.push(handle.await);
+    }
+    results
 }
 
 async fn reopening_keeps_the_data(db: &Db) {

@@ -51,6 +51,24 @@ impl Engine {
         let user = match self.store.find_external_user(&external_id).await? {
             Some(mut user) => {
                 if user.roles != roles || user.teams != teams {
+                    // A change of roles is on record before it takes effect.
+                    self.try_audit(
+                        &Origin::default(),
+                        "system",
+                        "user.sync",
+                        Some(user.id.to_string()),
+                        "ok",
+                        Some(format!(
+                            "roles [{}] and teams [{}] from OIDC groups",
+                            roles
+                                .iter()
+                                .map(|role| role.as_str())
+                                .collect::<Vec<_>>()
+                                .join(","),
+                            teams.iter().map(Name::as_str).collect::<Vec<_>>().join(",")
+                        )),
+                    )
+                    .await?;
                     user.roles = roles;
                     user.teams = teams;
                     self.store.update_user(&user).await?;
@@ -66,19 +84,17 @@ impl Engine {
                     external_id: Some(external_id.clone()),
                     created_at: self.now(),
                 };
+                self.try_audit(
+                    &Origin::default(),
+                    "system",
+                    "user.sign_up",
+                    Some(user.id.to_string()),
+                    "ok",
+                    Some(format!("first sign-in of {} by OIDC", user.name)),
+                )
+                .await?;
                 match self.store.insert_user(&user).await {
-                    Ok(()) => {
-                        self.audit(
-                            &Origin::default(),
-                            "system",
-                            "user.sign_up",
-                            Some(user.id.to_string()),
-                            "ok",
-                            Some(format!("first sign-in of {} by OIDC", user.name)),
-                        )
-                        .await;
-                        user
-                    }
+                    Ok(()) => user,
                     Err(StoreError::Duplicate(_)) => {
                         // Two first requests at once: the other one made the user. (Or the
                         // name is a local user's: then there is no such user, and no way in.)

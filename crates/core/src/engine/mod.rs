@@ -32,6 +32,7 @@ const LOCK_STRIPES: usize = 4096;
 const HIGH_WATER_SETTING: &str = "clock_high_water";
 
 mod access;
+mod audit;
 mod environments;
 mod identity;
 mod pool;
@@ -78,6 +79,8 @@ pub struct Engine {
     pool_refill: tokio::sync::Notify,
     /// Told of every audit event once it is appended.
     observers: Vec<Arc<dyn AuditObserver>>,
+    /// Appends audit events to the chain, in batches.
+    audit_writer: audit::AuditWriter,
 }
 
 impl Engine {
@@ -104,6 +107,7 @@ impl Engine {
             pool_owner: std::sync::OnceLock::new(),
             pool_refill: tokio::sync::Notify::new(),
             observers: Vec::new(),
+            audit_writer: audit::AuditWriter::default(),
         }
     }
 
@@ -202,6 +206,16 @@ impl Engine {
             external_id: None,
             created_at: now,
         };
+        // Recorded before it exists: no admin without its audit record.
+        self.try_audit(
+            &Origin::default(),
+            "system",
+            "user.bootstrap",
+            Some(user.id.to_string()),
+            "ok",
+            None,
+        )
+        .await?;
         self.store.insert_user(&user).await?;
         let secret = Secret::generate();
         let token = TokenRecord {
@@ -216,15 +230,6 @@ impl Engine {
             last_used_at: None,
         };
         self.store.insert_token(&token).await?;
-        self.audit(
-            &Origin::default(),
-            "system",
-            "user.bootstrap",
-            Some(user.id.to_string()),
-            "ok",
-            None,
-        )
-        .await;
         Ok(Some((user, secret)))
     }
 
@@ -265,6 +270,21 @@ impl Engine {
             .check_rate(principal, &action)
             .and_then(|()| policy::check_scope(principal, &action))
         {
+            // The attempt is on record before anything can change; without it nothing does.
+            Ok(()) if action.is_privileged() => match self
+                .try_audit(
+                    origin,
+                    principal.user.id.as_str(),
+                    name,
+                    target.clone(),
+                    "attempt",
+                    None,
+                )
+                .await
+            {
+                Ok(()) => self.execute(principal, action).await,
+                Err(error) => Err(error),
+            },
             Ok(()) => self.execute(principal, action).await,
             Err(error) => Err(error),
         };
@@ -312,6 +332,7 @@ impl Engine {
         }
     }
 
+    /// Appends an event to the audit trail; a failure is logged (and seen by the observers).
     async fn audit(
         &self,
         origin: &Origin,
@@ -321,6 +342,21 @@ impl Engine {
         outcome: &str,
         detail: Option<String>,
     ) {
+        let _ = self
+            .try_audit(origin, actor, action, target, outcome, detail)
+            .await;
+    }
+
+    /// Appends an event to the audit trail, or says it could not (`AuditUnavailable`).
+    async fn try_audit(
+        &self,
+        origin: &Origin,
+        actor: &str,
+        action: &str,
+        target: Option<String>,
+        outcome: &str,
+        detail: Option<String>,
+    ) -> Result<(), Error> {
         let event = AuditEvent {
             time: self.now(),
             request_id: origin.request_id.clone(),
@@ -332,13 +368,15 @@ impl Engine {
             detail,
         };
         let started = std::time::Instant::now();
-        if let Err(error) = self.store.append_audit(&event).await {
+        let appended = self.audit_writer.append(&*self.store, event.clone()).await;
+        if let Err(error) = &appended {
             tracing::error!(%error, action, "failed to write audit event");
         }
         let took = started.elapsed();
         for observer in &self.observers {
             observer.observe(&event, took);
         }
+        appended.map_err(Error::AuditUnavailable)
     }
 
     async fn execute(&self, principal: &Principal, action: Action) -> Result<Reply, Error> {
@@ -413,6 +451,7 @@ impl Engine {
                 self.require(principal, "metrics.read", &Resource::Server)?;
                 Ok(Reply::Metrics(self.state_counts().await?))
             }
+            Action::ListAudit(query) => self.list_audit(principal, query).await,
         }
     }
 

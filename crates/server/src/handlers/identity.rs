@@ -152,19 +152,24 @@ pub struct TokenListParams {
 pub async fn list_tokens(
     State(state): State<AppState>,
     caller: Caller,
-    axum::extract::Query(params): axum::extract::Query<TokenListParams>,
+    query: std::result::Result<
+        axum::extract::Query<TokenListParams>,
+        axum::extract::rejection::QueryRejection,
+    >,
 ) -> Result<Json<api::TokenList>> {
-    let user = match params.user_id.as_deref().map(UserId::parse).transpose() {
+    // An unreadable query is refused like any bad input: a problem document and a record.
+    let parsed = match query {
+        Err(rejection) => Err(Invalid::new("query", rejection.body_text())),
+        Ok(axum::extract::Query(params)) => params
+            .user_id
+            .as_deref()
+            .map(UserId::parse)
+            .transpose()
+            .map_err(|_| Invalid::new("user_id", "is not a user id")),
+    };
+    let user = match parsed {
         Ok(user) => user,
-        Err(_) => {
-            return Err(refuse(
-                &state,
-                &caller,
-                "token.list",
-                Invalid::new("user_id", "is not a user id"),
-            )
-            .await);
-        }
+        Err(invalid) => return Err(refuse(&state, &caller, "token.list", invalid).await),
     };
     let reply = perform(&state, &caller, Action::ListTokens(user)).await?;
     let Reply::Tokens(tokens) = reply else {

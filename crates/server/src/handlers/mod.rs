@@ -2,13 +2,16 @@
 //! turns the reply into a response. No handler changes state itself. One file per area:
 //! `environments`, `identity` (users, teams, tokens), `access` (profiles and requests),
 //! `sessions` (shells, streamed commands, port forwards, files, the proxy, recordings).
+//! `audit` (the audit trail).
 
 mod access;
+mod audit;
 mod environments;
 mod identity;
 mod sessions;
 
 pub use access::*;
+pub use audit::*;
 pub use environments::*;
 pub use identity::*;
 pub use sessions::*;
