@@ -152,6 +152,18 @@ async fn a_terminal_session_types_reads_resizes_interrupts_and_ends_with_its_exi
     })
     .await;
 
+    // The open session shows in the metrics.
+    let (auditor, _) = server
+        .user_with("audrey", &["auditor"], &[], &["read"])
+        .await;
+    let metrics = fetch_text(&auditor, "/metrics").await;
+    assert!(
+        metrics
+            .lines()
+            .any(|line| line == "airlock_sessions_open 1"),
+        "{metrics}"
+    );
+
     type_in(&mut socket, b"exit 3\n").await;
     listen(&mut socket, &mut heard, |heard| heard.exit().is_some()).await;
     assert_eq!(
@@ -159,6 +171,37 @@ async fn a_terminal_session_types_reads_resizes_interrupts_and_ends_with_its_exi
         3,
         "{:?}",
         heard.controls
+    );
+    let metrics = fetch_text(&auditor, "/metrics").await;
+    assert!(
+        metrics
+            .lines()
+            .any(|line| line == "airlock_sessions_open 0"),
+        "{metrics}"
+    );
+
+    // Its start and end are in the audit trail, by the user who opened it.
+    let (_, trail) = auditor
+        .get(&format!("/v1/audit?target={environment}"))
+        .await;
+    let events = trail["items"].as_array().unwrap();
+    let start = events
+        .iter()
+        .find(|event| event["action"] == "session.start")
+        .unwrap();
+    assert_eq!(start["outcome"], "ok");
+    assert!(
+        start["detail"].as_str().unwrap().contains(&session),
+        "{start}"
+    );
+    let end = events
+        .iter()
+        .find(|event| event["action"] == "session.end")
+        .unwrap();
+    assert_eq!(end["actor"], start["actor"]);
+    assert!(
+        end["detail"].as_str().unwrap().contains("exit code 3"),
+        "{end}"
     );
 
     // The record: ended, exit code, sizes, and a recording.
@@ -225,9 +268,6 @@ async fn a_terminal_session_types_reads_resizes_interrupts_and_ends_with_its_exi
         assert_eq!(stranger.get(&path).await.0, StatusCode::NOT_FOUND, "{path}");
     }
     // An auditor reads everyone's.
-    let (auditor, _) = server
-        .user_with("audrey", &["auditor"], &[], &["read"])
-        .await;
     assert_eq!(
         auditor
             .get(&format!("/v1/sessions/{session}/recording"))
