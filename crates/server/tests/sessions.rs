@@ -321,3 +321,34 @@ async fn an_open_session_keeps_its_environment_from_idling() {
     let reaped = fixture.engine.reap().await.unwrap();
     assert_eq!(reaped.stopped, [environment]);
 }
+
+#[tokio::test]
+async fn a_buffered_command_is_recorded_in_the_trail_with_its_exit_code_and_sizes() {
+    let fixture = fixture().await;
+    let ann = fixture.user("ann", Role::Developer).await;
+    let environment = fixture.environment(&ann, None).await;
+    let reply = fixture
+        .as_user(
+            &ann,
+            Action::Exec {
+                environment: environment.clone(),
+                command: airlock_core::action::Command {
+                    argv: vec!["echo".into(), "hello".into()],
+                    ..Default::default()
+                },
+            },
+        )
+        .await
+        .unwrap();
+    assert!(matches!(reply, Reply::Exec(_)));
+    let trail = fixture.engine.recent_audit(5).await.unwrap();
+    let exec = trail
+        .iter()
+        .find(|event| event.action == "environment.exec")
+        .unwrap();
+    assert_eq!(exec.target.as_deref(), Some(environment.as_str()));
+    assert_eq!(
+        exec.detail.as_deref(),
+        Some("echo hello: exit code 0, 6 B stdout, 0 B stderr")
+    );
+}

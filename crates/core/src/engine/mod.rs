@@ -266,6 +266,11 @@ impl Engine {
     ) -> Result<Reply, Error> {
         let name = action.name();
         let target = action.target();
+        // A buffered command is recorded in the trail: what ran and how it ended.
+        let command = match &action {
+            Action::Exec { command, .. } => Some(shorten(&command.argv.join(" "), 1024)),
+            _ => None,
+        };
         let result = match self
             .check_rate(principal, &action)
             .and_then(|()| policy::check_scope(principal, &action))
@@ -289,6 +294,19 @@ impl Engine {
             Err(error) => Err(error),
         };
         let (outcome, target, detail) = match &result {
+            Ok(Reply::Exec(output)) => (
+                "ok",
+                target,
+                Some(format!(
+                    "{}: exit code {}, {} B stdout, {} B stderr{}{}",
+                    command.unwrap_or_default(),
+                    output.exit_code,
+                    output.stdout.len(),
+                    output.stderr.len(),
+                    if output.truncated { ", truncated" } else { "" },
+                    if output.timed_out { ", timed out" } else { "" },
+                )),
+            ),
             Ok(reply) => (
                 "ok",
                 target.or_else(|| Self::reply_target(reply)),
@@ -550,6 +568,18 @@ fn cut_page<T, Id>(items: &mut Vec<T>, limit: u32, id: impl Fn(&T) -> Id) -> Opt
     } else {
         None
     }
+}
+
+/// `text`, cut to at most `limit` bytes (on a character boundary) with `…` when cut.
+fn shorten(text: &str, limit: usize) -> String {
+    if text.len() <= limit {
+        return text.to_owned();
+    }
+    let mut end = limit;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}…", &text[..end])
 }
 
 /// The default secret reader: a server without one cannot deliver secrets.
