@@ -315,6 +315,21 @@ async fn a_streamed_command_keeps_its_streams_apart_takes_stdin_and_signals() {
     assert_eq!(String::from_utf8_lossy(&heard.stderr), "to-stderr\n");
     assert_eq!(heard.exit().unwrap()["exit_code"], 7);
 
+    // The command holds its three streams and nothing of the server or the helper.
+    let path = format!(
+        "/v1/environments/{environment}/exec/stream?command=sh&command=-c&command={}",
+        percent("ls /proc/$$/fd")
+    );
+    let mut socket = open(&user, &path).await.expect("opens");
+    let mut heard = Heard::default();
+    listen(&mut socket, &mut heard, |heard| heard.exit().is_some()).await;
+    assert_eq!(
+        heard.text(),
+        "0\n1\n2\n",
+        "{}",
+        String::from_utf8_lossy(&heard.stderr)
+    );
+
     // A signal reaches the command: SIGINT ends `sleep` with 128 + 2.
     let path = format!("/v1/environments/{environment}/exec/stream?command=sleep&command=600");
     let mut socket = open(&user, &path).await.expect("opens");
@@ -383,7 +398,7 @@ async fn a_streamed_command_keeps_its_streams_apart_takes_stdin_and_signals() {
         .get(&format!("/v1/sessions?environment={environment}"))
         .await;
     let items = listed["items"].as_array().unwrap();
-    assert_eq!(items.len(), 4, "{listed}");
+    assert_eq!(items.len(), 5, "{listed}");
     assert_eq!(items[0]["kind"], "exec");
     assert_eq!(items[0]["argv"], json!(["sh", "-c", script]));
     assert_eq!(items[0]["exit_code"], 7);
