@@ -46,6 +46,10 @@ pub enum HelperRequest {
         seccomp: PathBuf,
         /// Set for `egress` sandboxes: the link to give them before they start.
         egress: Option<EgressPlan>,
+        /// Work in a private view of the sandboxes' mounts, through this staging directory
+        /// (see `mounts::enter_private_view`).
+        #[serde(default)]
+        view: Option<PathBuf>,
     },
     /// Run a command in a running sandbox with the helper's stdio; report on fd 3.
     Exec {
@@ -63,6 +67,9 @@ pub enum HelperRequest {
         /// Signals arrive on [`CONTROL_FD`].
         #[serde(default)]
         control: bool,
+        /// As for `Create`; no sandbox's mounts are needed to join one.
+        #[serde(default)]
+        view: Option<PathBuf>,
     },
 }
 
@@ -96,7 +103,10 @@ pub fn main(request_json: &str) -> i32 {
             bundle,
             seccomp,
             egress,
-        } => match create(&state_root, &id, &bundle, &seccomp, egress.as_ref()) {
+            view,
+        } => match private_view(&state_root, view.as_deref(), bundle.parent())
+            .and_then(|()| create(&state_root, &id, &bundle, &seccomp, egress.as_ref()))
+        {
             Ok(()) => 0,
             Err(error) => {
                 eprintln!("{error}");
@@ -113,7 +123,12 @@ pub fn main(request_json: &str) -> i32 {
             timeout_ms,
             tty,
             control,
+            view,
         } => {
+            if let Err(error) = private_view(&state_root, view.as_deref(), None) {
+                eprintln!("airlock runtime helper: {error}");
+                return 2;
+            }
             let mut env = env;
             if let Some(passed) = std::env::var_os(EXEC_ENV_VAR) {
                 match serde_json::from_slice::<HashMap<String, String>>(passed.as_encoded_bytes()) {
@@ -147,6 +162,21 @@ pub fn main(request_json: &str) -> i32 {
             0
         }
     }
+}
+
+/// Enters the private view of the sandboxes' mounts when the server asked for it (`staging`
+/// set): the `sandboxes` directory beside `state_root` detached, `keep` kept.
+fn private_view(
+    state_root: &Path,
+    staging: Option<&Path>,
+    keep: Option<&Path>,
+) -> Result<(), String> {
+    let Some(staging) = staging else {
+        return Ok(());
+    };
+    let root = state_root.parent().ok_or("the state root has no parent")?;
+    crate::mounts::enter_private_view(&root.join("sandboxes"), staging, keep)
+        .map_err(|error| format!("entering the private view of the sandboxes: {error}"))
 }
 
 fn create(

@@ -85,6 +85,9 @@ struct Host {
     instance: String,
     /// Set when `egress` sandboxes can be made here.
     egress: Option<EgressConfig>,
+    /// The staging directory of the helpers' private view of the sandboxes' mounts, when
+    /// `sandboxes/` is a mount of its own (see `mounts`).
+    view: Option<PathBuf>,
 }
 
 fn failed(context: &str, error: impl std::fmt::Display) -> RuntimeError {
@@ -96,7 +99,7 @@ impl LocalRuntime {
     /// profile and builds the default image. Fails if this host cannot run sandboxes.
     pub fn open(config: LocalConfig) -> Result<Self, RuntimeError> {
         let root = config.root;
-        for dir in ["state", "sandboxes", "images"] {
+        for dir in ["state", "sandboxes", "images", "view"] {
             fs::create_dir_all(root.join(dir))
                 .map_err(|e| failed("creating the runtime directory", e))?;
         }
@@ -153,7 +156,15 @@ impl LocalRuntime {
                 None
             }
         };
+        let view = match mounts::ensure_own_mount(&root.join("sandboxes")) {
+            Ok(()) => Some(root.join("view")),
+            Err(error) => {
+                tracing::warn!(%error, "helpers will see every sandbox's mounts");
+                None
+            }
+        };
         let host = Host {
+            view,
             root,
             helper: config.helper,
             images: HashMap::from([(default.name.clone(), default)]),
@@ -167,9 +178,13 @@ impl LocalRuntime {
         })
     }
 
-    /// Removes this instance's (empty) parent cgroups; called when no sandbox remains.
-    pub fn release_cgroup_parent(&self) {
+    /// Removes what this instance holds on the host beside its sandboxes — its (empty)
+    /// parent cgroups, the mount of `sandboxes/` — when no sandbox remains.
+    pub fn release_host_resources(&self) {
         self.host.release_cgroup_parent();
+        if let Err(error) = mounts::release_own_mount(&self.host.root.join("sandboxes")) {
+            tracing::warn!(%error, "could not unmount the sandboxes directory");
+        }
     }
 
     /// Runs filesystem, mount and libcontainer-state work on a blocking thread, inside the
@@ -199,6 +214,7 @@ impl LocalRuntime {
             bundle: self.host.sandbox_dir(&spec.id).join("bundle"),
             seccomp: self.host.seccomp_path(),
             egress,
+            view: self.host.view.clone(),
         };
         let output = self
             .helper_command(&request)
@@ -601,6 +617,7 @@ impl Runtime for LocalRuntime {
             timeout_ms: Some(spec.timeout.as_millis() as u64),
             tty: false,
             control: false,
+            view: self.host.view.clone(),
         };
         let (status_read, status_write) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)
             .map_err(|e| failed("creating a pipe", e))?;
@@ -693,6 +710,7 @@ impl Runtime for LocalRuntime {
             timeout_ms: None,
             tty: spec.tty.is_some(),
             control: true,
+            view: self.host.view.clone(),
         };
         let pipe = || nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC);
         let (status_read, status_write) = pipe().map_err(|e| failed("creating a pipe", e))?;

@@ -425,7 +425,7 @@ pub async fn purge(data_dir: &std::path::Path, helper: PathBuf) -> Result<usize>
             .with_context(|| format!("destroying {id}"))?;
     }
     // Safe here, unlike while serving: no create can be making a cgroup under the parent.
-    runtime.release_cgroup_parent();
+    runtime.release_host_resources();
     Ok(sandboxes.len())
 }
 

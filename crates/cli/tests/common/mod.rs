@@ -201,13 +201,15 @@ impl Server {
         list_dir(&self.data_dir.join("runtime/state"))
     }
 
-    /// Mount points under the data directory, from the host's mount table.
+    /// Mount points of sandboxes under the data directory, from the host's mount table (the
+    /// runtime's own mount of `sandboxes/`, which holds them, is not one).
     pub fn mounts(&self) -> Vec<String> {
         let info = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
         let prefix = self.data_dir.to_string_lossy().to_string();
+        let own = format!("{prefix}/runtime/sandboxes");
         info.lines()
             .filter_map(|line| line.split(' ').nth(4))
-            .filter(|point| point.starts_with(&prefix))
+            .filter(|point| point.starts_with(&prefix) && *point != own)
             .map(str::to_owned)
             .collect()
     }
