@@ -263,6 +263,9 @@ async fn a_warm_pool_serves_creates_of_its_shape_and_refills() {
     assert_eq!(status, StatusCode::OK);
     assert_eq!(environment["name"], "quick");
     assert_eq!(ann.sh(&id, "echo warm").await["stdout"], "warm\n");
+    // It is called by its new name, inside too.
+    let names = ann.sh(&id, "hostname; echo $HOSTNAME").await;
+    assert_eq!(names["stdout"], "quick\nquick\n", "{names}");
     // Another user cannot see it, and the pool makes another.
     let bob = server.user("bob").await;
     let (status, _) = bob.get(&format!("/v1/environments/{id}")).await;

@@ -412,6 +412,9 @@ pub trait Runtime: Send + Sync + 'static {
     /// Removes everything of the sandbox; succeeds if there is nothing to remove.
     async fn destroy(&self, id: &EnvironmentId) -> Result<(), RuntimeError>;
     async fn exec(&self, id: &EnvironmentId, spec: &ExecSpec) -> Result<ExecOutput, RuntimeError>;
+    /// Gives a running sandbox another hostname (a warm sandbox taken by a create): at once
+    /// for the sandbox, and in `HOSTNAME` of its later commands.
+    async fn rename(&self, id: &EnvironmentId, hostname: &Name) -> Result<(), RuntimeError>;
     /// Starts a command whose streams the caller drives; it runs until it ends, is killed
     /// by a signal, or the sandbox stops.
     async fn spawn(&self, id: &EnvironmentId, spec: &ProcessSpec) -> Result<Process, RuntimeError>;

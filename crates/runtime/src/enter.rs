@@ -34,6 +34,22 @@ pub fn open_root(pid: i32) -> io::Result<OwnedFd> {
     Ok(unsafe { OwnedFd::from_raw_fd(fd) })
 }
 
+/// Sets the hostname in the UTS namespace of process `pid`, from a short-lived thread that
+/// joins it (setns changes only the calling thread's namespace).
+pub fn set_hostname(pid: i32, hostname: &str) -> io::Result<()> {
+    let namespace = File::open(format!("/proc/{pid}/ns/uts"))?;
+    let hostname = hostname.to_owned();
+    std::thread::Builder::new()
+        .name("airlock-hostname".into())
+        .spawn(move || -> io::Result<()> {
+            nix::sched::setns(&namespace, nix::sched::CloneFlags::CLONE_NEWUTS)?;
+            nix::unistd::sethostname(&hostname)?;
+            Ok(())
+        })?
+        .join()
+        .map_err(|_| io::Error::other("the hostname thread panicked"))?
+}
+
 /// Connects to `port` on the loopback of the network namespace of process `pid`. The socket
 /// is made in that namespace by a short-lived thread (setns changes only the calling
 /// thread's namespace) and then used from anywhere like any other.

@@ -38,6 +38,8 @@ struct Sandbox {
     last_exec_env: BTreeMap<String, String>,
     /// Its files written through `write_file`, by path.
     written: BTreeMap<String, Vec<u8>>,
+    /// Its hostname, when it was changed after it was made.
+    hostname: Option<Name>,
 }
 
 #[derive(Debug, Default)]
@@ -79,6 +81,14 @@ impl FakeRuntime {
             .get(id)
             .map(|sandbox| sandbox.files.clone())
             .unwrap_or_default()
+    }
+
+    /// A sandbox's hostname if it was changed after it was made.
+    pub fn renamed(&self, id: &EnvironmentId) -> Option<Name> {
+        let sandboxes = self.sandboxes.lock().expect("lock");
+        sandboxes
+            .get(id)
+            .and_then(|sandbox| sandbox.hostname.clone())
     }
 
     /// The variables of the last command run in a sandbox.
@@ -140,6 +150,7 @@ impl Runtime for FakeRuntime {
                 files: spec.files.clone(),
                 last_exec_env: BTreeMap::new(),
                 written: BTreeMap::new(),
+                hostname: None,
             },
         );
         Ok(())
@@ -199,6 +210,16 @@ impl Runtime for FakeRuntime {
             oom_killed: false,
             duration: Duration::ZERO,
         })
+    }
+
+    async fn rename(&self, id: &EnvironmentId, hostname: &Name) -> Result<(), RuntimeError> {
+        match self.sandboxes.lock().expect("lock").get_mut(id) {
+            Some(sandbox) if sandbox.running => {
+                sandbox.hostname = Some(hostname.clone());
+                Ok(())
+            }
+            _ => Err(RuntimeError::NotRunning),
+        }
     }
 
     async fn spawn(&self, id: &EnvironmentId, spec: &ProcessSpec) -> Result<Process, RuntimeError> {

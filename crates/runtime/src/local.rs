@@ -692,6 +692,37 @@ impl Runtime for LocalRuntime {
         })
     }
 
+    async fn rename(&self, id: &EnvironmentId, hostname: &Name) -> Result<(), RuntimeError> {
+        let (id, hostname) = (id.clone(), hostname.to_string());
+        self.blocking(move |host| {
+            let pid =
+                enter::init_pid(&host.state_root(), id.as_str()).ok_or(RuntimeError::NotRunning)?;
+            enter::set_hostname(pid, &hostname).map_err(|e| failed("setting the hostname", e))?;
+            // Later commands take their baseline variables from the bundle.
+            let path = host.sandbox_dir(&id).join("bundle/config.json");
+            let text = fs::read(&path).map_err(|e| failed("reading the bundle", e))?;
+            let mut config: serde_json::Value =
+                serde_json::from_slice(&text).map_err(|e| failed("reading the bundle", e))?;
+            config["hostname"] = hostname.clone().into();
+            if let Some(env) = config["process"]["env"].as_array_mut() {
+                env.retain(|variable| {
+                    !variable
+                        .as_str()
+                        .is_some_and(|v| v.starts_with("HOSTNAME="))
+                });
+                env.push(format!("HOSTNAME={hostname}").into());
+            }
+            let temporary = path.with_extension("json.tmp");
+            fs::write(
+                &temporary,
+                serde_json::to_vec(&config).expect("a spec serializes"),
+            )
+            .and_then(|()| fs::rename(&temporary, &path))
+            .map_err(|e| failed("writing the bundle", e))
+        })
+        .await
+    }
+
     async fn spawn(&self, id: &EnvironmentId, spec: &ProcessSpec) -> Result<Process, RuntimeError> {
         let cgroup = self.host.cgroup(id);
         let oom_kills_before = cgroup.oom_kills();

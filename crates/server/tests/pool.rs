@@ -92,6 +92,11 @@ async fn creates_of_the_pools_shape_take_warm_sandboxes_and_the_pool_refills() {
     let (again, replayed) = create(&engine, &admin, named, Some("job-1")).await.unwrap();
     assert_eq!((again, replayed), (first.clone(), true));
     assert!(warm.contains(&first));
+    // The warm sandbox now goes by the environment's name.
+    assert_eq!(
+        runtime.renamed(&first).map(String::from).as_deref(),
+        Some("ci-job")
+    );
 
     // Another shape is made cold.
     let (cold, _) = create(

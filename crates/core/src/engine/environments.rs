@@ -135,6 +135,14 @@ impl Engine {
                 Ok(Claimed::Taken(environment)) => {
                     tracing::debug!(environment = %environment.id, "served from the warm pool");
                     self.pool_refill.notify_one();
+                    // The sandbox was made under the pool's name; it takes the environment's.
+                    if let Err(error) = self
+                        .runtime
+                        .rename(&environment.id, &environment.name)
+                        .await
+                    {
+                        tracing::warn!(%error, environment = %environment.id, "could not rename a warm sandbox");
+                    }
                     return Ok(Reply::Environment {
                         environment: *environment,
                         replayed: false,
