@@ -862,7 +862,10 @@ impl Runtime for LocalRuntime {
                 files::open_inside(&root, &path).map_err(path_error)
             })
             .await?;
-        Ok((size, Box::pin(tokio::fs::File::from_std(file))))
+        // Never more than the size announced (a file growing meanwhile, or one of /proc's
+        // that says 0 and then has something to read).
+        let file = tokio::fs::File::from_std(file).take(size);
+        Ok((size, Box::pin(file)))
     }
 
     async fn write_file(
