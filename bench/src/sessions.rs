@@ -8,7 +8,8 @@
 //! - open -> first output and open -> exit of `echo ready`, a new connection per session, as a
 //!   CLI opens it;
 //! - keystroke -> echo: on one open session running `cat` (no terminal), a short line written
-//!   to its stdin until it has come back on stdout;
+//!   to its stdin until it has come back on stdout; and on a shell loop that answers every
+//!   line with two writes (stdout, then stderr), until both have come back;
 //! - throughput: `head -c BYTES /dev/zero` streamed out of a session, from open to exit;
 //! - airlock only: open -> first output of a terminal session's login shell (its prompt).
 
@@ -146,9 +147,24 @@ impl SessionSystem for AirlockSessions {
     }
 
     async fn open(&self, argv: &[&str]) -> Result<AirlockSession> {
-        let query: Vec<String> = argv.iter().map(|arg| format!("command={arg}")).collect();
+        let query: Vec<String> = argv
+            .iter()
+            .map(|arg| format!("command={}", percent_encoded(arg)))
+            .collect();
         self.connect(&self.path(&query.join("&"))).await
     }
+}
+
+/// `text` for a query string: every byte but the unreserved ones (RFC 3986) as `%XX`.
+fn percent_encoded(text: &str) -> String {
+    text.bytes()
+        .map(|byte| match byte {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => {
+                char::from(byte).to_string()
+            }
+            _ => format!("%{byte:02X}"),
+        })
+        .collect()
 }
 
 impl Session for AirlockSession {
@@ -427,34 +443,54 @@ async fn open_to_output<S: SessionSystem>(
     Ok(())
 }
 
-/// Lines written to one `cat` session, each timed until it has come back.
+/// A shell loop that writes every line it reads to stdout, then to stderr: two writes, two
+/// frames, for every line.
+const ECHO_TWICE: &str =
+    "while IFS= read -r line; do printf '%s\\n' \"$line\"; printf '%s\\n' \"$line\" >&2; done";
+
+/// Lines written to one session, one after another, each timed until it has come back: from
+/// `cat` on stdout, or (`twice`) from [`ECHO_TWICE`] on stdout and on stderr.
 async fn round_trips<S: SessionSystem>(
     system: &S,
     plan: &SessionPlan,
+    twice: bool,
     report: &mut Report,
 ) -> Result<()> {
-    let mut samples = Samples::new("session keystroke->echo (cat)");
-    let mut session = deadline("opening a cat session", system.open(&["cat"])).await?;
-    for index in 0..plan.warmup * 10 + plan.round_trips {
+    let (label, argv, count) = if twice {
+        (
+            "session line->stdout+stderr (sh)",
+            vec!["sh", "-c", ECHO_TWICE],
+            plan.round_trips.div_ceil(5),
+        )
+    } else {
+        (
+            "session keystroke->echo (cat)",
+            vec!["cat"],
+            plan.round_trips,
+        )
+    };
+    let mut samples = Samples::new(label);
+    let mut session = deadline("opening a session", system.open(&argv)).await?;
+    for index in 0..plan.warmup * 10 + count {
         let line = format!("line {index:06}\n");
-        deadline("a line through cat", async {
+        deadline("a line through the session", async {
             let started = Instant::now();
             session.write_stdin(line.as_bytes()).await?;
-            let mut echoed = Vec::new();
-            while echoed.len() < line.len() {
+            let (mut stdout, mut stderr) = (Vec::new(), Vec::new());
+            while stdout.len() < line.len() || (twice && stderr.len() < line.len()) {
                 match session.next().await? {
-                    Event::Output(1, data) => echoed.extend_from_slice(&data),
-                    Event::Output(_, data) => {
-                        bail!("cat wrote to stderr: {}", String::from_utf8_lossy(&data))
-                    }
-                    Event::Exit(_) | Event::End => bail!("cat ended"),
+                    Event::Output(1, data) => stdout.extend_from_slice(&data),
+                    Event::Output(_, data) => stderr.extend_from_slice(&data),
+                    Event::Exit(_) | Event::End => bail!("{argv:?} ended"),
                 }
             }
             let elapsed = started.elapsed();
+            let expected_stderr = if twice { line.as_bytes() } else { b"" };
             ensure!(
-                echoed == line.as_bytes(),
-                "wrote {line:?}, read back {:?}",
-                String::from_utf8_lossy(&echoed)
+                stdout == line.as_bytes() && stderr == expected_stderr,
+                "wrote {line:?}, read back {:?} and {:?}",
+                String::from_utf8_lossy(&stdout),
+                String::from_utf8_lossy(&stderr)
             );
             if index >= plan.warmup * 10 {
                 samples.push(elapsed);
@@ -464,13 +500,16 @@ async fn round_trips<S: SessionSystem>(
         .await
         .with_context(|| format!("line #{index}"))?;
     }
-    // The end of input ends cat.
-    deadline("ending cat", async {
+    // The end of input ends the command.
+    deadline("ending the session", async {
         session.close_stdin().await?;
-        let (stdout, _, _) = read_to_exit(&mut session).await?;
-        ensure!(stdout.is_empty(), "cat wrote more: {stdout:?}");
+        let (stdout, stderr, _) = read_to_exit(&mut session).await?;
+        ensure!(
+            stdout.is_empty() && stderr.is_empty(),
+            "{argv:?} wrote more: {stdout:?} {stderr:?}"
+        );
         let code = session.exit_code().await?;
-        ensure!(code == 0, "cat exited with {code}");
+        ensure!(code == 0, "{argv:?} exited with {code}");
         drain(&mut session).await
     })
     .await?;
@@ -601,7 +640,12 @@ async fn run_all<S: SessionSystem>(
         "[{name}] sessions: keystroke->echo, {} lines",
         plan.round_trips
     );
-    round_trips(system, plan, report).await?;
+    round_trips(system, plan, false, report).await?;
+    eprintln!(
+        "[{name}] sessions: line->stdout+stderr, {} lines",
+        plan.round_trips.div_ceil(5)
+    );
+    round_trips(system, plan, true, report).await?;
     eprintln!(
         "[{name}] sessions: streaming {} bytes, {} times",
         plan.stream_bytes, plan.stream_repetitions
