@@ -164,7 +164,7 @@ impl Client {
 }
 
 /// Reads one response; the flag says whether the connection can carry another request.
-async fn read_response<R: AsyncRead + Unpin>(
+pub(crate) async fn read_response<R: AsyncRead + Unpin>(
     reader: &mut BufReader<R>,
     method: &str,
 ) -> Result<(Response, bool)> {

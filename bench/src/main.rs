@@ -1,7 +1,9 @@
 //! `airlock-bench`: measures airlock's create->ready, exec and delete latencies through its
 //! HTTP API, breaks airlock's time down by layer, and does the same work with podman's REST API
 //! on the same machine in the same run; prints one table (and optionally writes JSON). With
-//! `--load` it also runs the load scenario (bursts of creates, memory per idle environment).
+//! `--load` it also runs the load scenario (bursts of creates, memory per idle environment),
+//! and with `--sessions` the sessions scenario (streamed commands over airlock's WebSocket and
+//! podman's exec endpoints).
 //!
 //! Everything runs against 127.0.0.1 and unix sockets, in a scratch directory that is removed
 //! at the end, with every sandbox deleted through its own API before its server stops. There
@@ -15,6 +17,7 @@ mod load;
 mod memory;
 mod podman;
 mod scenario;
+mod sessions;
 mod stats;
 
 use std::path::{Path, PathBuf};
@@ -27,6 +30,7 @@ use serde_json::json;
 use crate::load::{Burst, LoadPlan, LoadReport};
 use crate::podman::UsrMode;
 use crate::scenario::Plan;
+use crate::sessions::SessionPlan;
 use crate::stats::Report;
 
 #[derive(Parser, Debug)]
@@ -111,6 +115,25 @@ struct Args {
     /// so that memory cgroups of sandboxes deleted earlier are gone before measuring).
     #[arg(long)]
     load_keep_caches: bool,
+    /// Also run the sessions scenario: streamed commands in one running sandbox (open->first
+    /// output, keystroke->echo, throughput; a terminal's first prompt for airlock).
+    #[arg(long)]
+    sessions: bool,
+    /// `echo ready` sessions opened one after another.
+    #[arg(long, default_value_t = 200)]
+    session_opens: usize,
+    /// Lines sent through one `cat` session, one after another.
+    #[arg(long, default_value_t = 1000)]
+    session_round_trips: usize,
+    /// MiB streamed out of each throughput session (`head -c`).
+    #[arg(long, default_value_t = 64)]
+    session_stream_mib: u64,
+    /// Throughput sessions (after one untimed).
+    #[arg(long, default_value_t = 5)]
+    session_stream_repetitions: usize,
+    /// airlock terminal sessions opened to their first prompt (0: none).
+    #[arg(long, default_value_t = 50)]
+    session_terminal_opens: usize,
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -168,8 +191,16 @@ async fn run(args: Args) -> Result<()> {
     } else {
         None
     };
-    if args.skip_lifecycle && load_plan.is_none() {
-        bail!("--skip-lifecycle without --load leaves nothing to measure");
+    let session_plan = args.sessions.then(|| SessionPlan {
+        warmup: args.warmup,
+        opens: args.session_opens.max(1),
+        round_trips: args.session_round_trips.max(1),
+        stream_bytes: args.session_stream_mib.max(1) * 1024 * 1024,
+        stream_repetitions: args.session_stream_repetitions.max(1),
+        terminal_opens: args.session_terminal_opens,
+    });
+    if args.skip_lifecycle && load_plan.is_none() && session_plan.is_none() {
+        bail!("--skip-lifecycle without --load or --sessions leaves nothing to measure");
     }
     let plan = Plan {
         warmup: args.warmup,
@@ -194,6 +225,7 @@ async fn run(args: Args) -> Result<()> {
         &binary,
         &plan,
         load_plan.as_ref(),
+        session_plan.as_ref(),
         &scratch,
         &mut report,
         &mut load,
@@ -244,6 +276,9 @@ async fn run(args: Args) -> Result<()> {
     if let Some(load_plan) = &load_plan {
         println!("  load plan: {load_plan:?}");
     }
+    if let Some(session_plan) = &session_plan {
+        println!("  sessions plan: {session_plan:?}");
+    }
     println!();
     print!("{}", report.table());
     if !load.is_empty() {
@@ -268,6 +303,7 @@ async fn run(args: Args) -> Result<()> {
                 "podman_usr": format!("{:?}", args.podman_usr).to_lowercase(),
                 "skip_lifecycle": args.skip_lifecycle,
                 "load": load_plan.as_ref().map(|plan| format!("{plan:?}")),
+                "sessions": session_plan.as_ref().map(|plan| format!("{plan:?}")),
             },
         });
         let mut results = report.to_json(context);
@@ -280,8 +316,8 @@ async fn run(args: Args) -> Result<()> {
     outcome
 }
 
-/// airlock, then podman with each runtime (the lifecycle suite, then the load scenario of
-/// each); stops at the first failure or on Ctrl-C, always cleaning up the system it was
+/// airlock, then podman with each runtime (the lifecycle suite, then the load and sessions
+/// scenarios of each); stops at the first failure or on Ctrl-C, always cleaning up the system it was
 /// measuring.
 #[allow(clippy::too_many_arguments)]
 async fn measure_all(
@@ -289,6 +325,7 @@ async fn measure_all(
     binary: &Path,
     plan: &Plan,
     load_plan: Option<&LoadPlan>,
+    session_plan: Option<&SessionPlan>,
     scratch: &Path,
     report: &mut Report,
     load: &mut LoadReport,
@@ -301,6 +338,10 @@ async fn measure_all(
     if let Some(load_plan) = load_plan {
         let tarball = (!args.skip_podman).then_some(tarball.as_path());
         load::measure_airlock(binary, scratch, tarball, load_plan, load, report).await?;
+    }
+    if let Some(session_plan) = session_plan {
+        let tarball = (!args.skip_podman).then_some(tarball.as_path());
+        sessions::measure_airlock(binary, scratch, tarball, session_plan, report, context).await?;
     }
     if args.skip_podman {
         return Ok(());
@@ -324,6 +365,19 @@ async fn measure_all(
                 load_plan,
                 load,
                 report,
+            )
+            .await?;
+        }
+        if let Some(session_plan) = session_plan {
+            sessions::measure_podman(
+                runtime,
+                usr,
+                scratch,
+                Path::new(PODMAN_SOCKET),
+                &tarball,
+                session_plan,
+                report,
+                context,
             )
             .await?;
         }
