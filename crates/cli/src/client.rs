@@ -163,7 +163,8 @@ impl Client {
                 .parse()
                 .context("the token is not a valid header")?,
         );
-        match tokio_tungstenite::connect_async(request).await {
+        // Nagle off: keystrokes and frames go out at once.
+        match tokio_tungstenite::connect_async_with_config(request, None, true).await {
             Ok((socket, _)) => Ok(socket),
             Err(tokio_tungstenite::tungstenite::Error::Http(response)) => {
                 let status = response.status();

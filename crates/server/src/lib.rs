@@ -26,6 +26,7 @@ use axum::http::{HeaderValue, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{any, delete, get, patch, post, put};
+use axum::serve::ListenerExt;
 use tokio::net::TcpListener;
 use tracing::Instrument;
 
@@ -175,6 +176,11 @@ pub async fn serve(
     app: Router,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
+    // Without TCP_NODELAY a session's second small frame waits for the client's delayed ACK
+    // of the first (40 ms); every frame is flushed on purpose, so Nagle only adds latency.
+    let listener = listener.tap_io(|tcp| {
+        let _ = tcp.set_nodelay(true);
+    });
     axum::serve(
         listener,
         app.into_make_service_with_connect_info::<SocketAddr>(),
