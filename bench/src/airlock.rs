@@ -187,7 +187,13 @@ impl Server {
             }
         }
 
-        let leftovers = host::unmount_all_under(&self.data_dir);
+        // The runtime's own mount of `sandboxes/` (which holds every sandbox's) stays while
+        // the server lives; it is not a sandbox's.
+        let own = self.data_dir.join("runtime/sandboxes");
+        let leftovers: Vec<_> = host::unmount_all_under(&self.data_dir)
+            .into_iter()
+            .filter(|point| *point != own)
+            .collect();
         if !leftovers.is_empty() {
             report.note(format!(
                 "airlock left {} mount(s) after every environment was deleted, e.g. {}; unmounted",
