@@ -975,3 +975,89 @@ async fn sessions_end_with_their_environment_and_with_the_server() {
     assert!(record["ended_at"].is_string(), "{record}");
     assert!(record["exit_code"].is_null(), "{record}");
 }
+
+/// A command that is slow to read its input never stops its output from being drained (and
+/// with it the session): 4 MiB through `cat`, sent as fast as the socket takes it.
+#[tokio::test(flavor = "multi_thread")]
+async fn bulk_input_and_output_flow_together_and_a_dropped_client_takes_the_whole_tree() {
+    if !can_run_sandboxes("bulk_input") {
+        return;
+    }
+    let server = Server::start();
+    let user = server.user("ann").await;
+    let environment = user
+        .create(json!({ "resources": { "disk_mib": 64 } }))
+        .await;
+    let socket = open(
+        &user,
+        &format!("/v1/environments/{environment}/exec/stream?command=cat"),
+    )
+    .await
+    .expect("opens");
+    let (mut sink, mut source) = socket.split();
+    const TOTAL: usize = 4 << 20;
+    let writer = tokio::spawn(async move {
+        let chunk = vec![b'x'; 64 * 1024];
+        for _ in 0..TOTAL / chunk.len() {
+            let mut frame = vec![0u8];
+            frame.extend_from_slice(&chunk);
+            sink.send(Message::Binary(frame.into())).await.unwrap();
+        }
+        sink.send(Message::Text(json!({ "type": "eof" }).to_string().into()))
+            .await
+            .unwrap();
+        sink
+    });
+    let mut received = 0usize;
+    let mut exit = None;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while exit.is_none() {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let message = tokio::time::timeout(left, source.next())
+            .await
+            .unwrap_or_else(|_| panic!("stuck after {received} bytes"));
+        match message {
+            Some(Ok(Message::Binary(data))) => received += data.len() - 1,
+            Some(Ok(Message::Text(text))) => {
+                let control: Value = serde_json::from_str(&text).unwrap();
+                if control["type"] == "exit" {
+                    exit = Some(control["exit_code"].clone());
+                }
+            }
+            Some(Ok(_)) => {}
+            other => panic!("the session ended early: {other:?} after {received} bytes"),
+        }
+    }
+    writer.await.unwrap();
+    assert_eq!(received, TOTAL);
+    assert_eq!(exit, Some(json!(0)));
+
+    // A client that goes away takes every process of its command with it, also one that
+    // left the command's process group and session.
+    let path = format!(
+        "/v1/environments/{environment}/exec/stream?command=sh&command=-c&command={}",
+        percent("setsid sleep 600 & echo $! > /tmp/escapee; wait")
+    );
+    let mut socket = open(&user, &path).await.expect("opens");
+    let mut heard = Heard::default();
+    listen(&mut socket, &mut heard, |heard| !heard.controls.is_empty()).await;
+    let started = wait_until(Duration::from_secs(10), || async {
+        user.sh(&environment, "test -s /tmp/escapee && echo yes")
+            .await["stdout"]
+            == "yes\n"
+    })
+    .await;
+    assert!(started);
+    drop(socket);
+    let gone = wait_until(Duration::from_secs(10), || async {
+        let result = user
+            .sh(
+                &environment,
+                "kill -0 $(cat /tmp/escapee) 2>/dev/null && echo alive",
+            )
+            .await;
+        result["stdout"] != "alive\n"
+    })
+    .await;
+    assert!(gone, "a process of the session outlived it");
+}

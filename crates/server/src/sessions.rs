@@ -248,7 +248,7 @@ async fn relay_process(
     mut socket: WebSocket,
 ) -> Ending {
     let Process {
-        mut stdin,
+        stdin,
         stdout,
         stderr,
         control,
@@ -291,6 +291,12 @@ async fn relay_process(
     let waiting = control.clone();
     let exited = async move { waiting.wait().await };
     tokio::pin!(exited);
+    // Input goes to the command from a task of its own: a command that is not reading must
+    // never stop this loop from draining its output (it would block writing, and both wait).
+    // While a chunk waits for room, the socket is not read: backpressure to the client.
+    let (input, feed) = mpsc::channel::<Input>(8);
+    let feeder = tokio::spawn(feed_stdin(stdin, feed));
+    let mut pending: Option<Input> = None;
     let mut stdin_open = true;
     let mut exit: Option<ProcessExit> = None;
     let mut drain_until: Option<tokio::time::Instant> = None;
@@ -302,14 +308,19 @@ async fn relay_process(
             }
         };
         tokio::select! {
-            message = socket.recv() => match message {
+            permit = input.reserve(), if pending.is_some() => match permit {
+                Ok(permit) => permit.send(pending.take().expect("checked")),
+                Err(_) => {
+                    // The command's stdin is closed: what it was sent goes nowhere.
+                    pending = None;
+                    stdin_open = false;
+                }
+            },
+            message = socket.recv(), if pending.is_none() => match message {
                 Some(Ok(Message::Binary(data))) => {
                     if data.first() == Some(&0) && stdin_open {
                         end.bytes_in += data.len() as u64 - 1;
-                        if stdin.write_all(&data[1..]).await.is_err() {
-                            stdin_open = false;
-                        }
-                        let _ = stdin.flush().await;
+                        offer(&input, &mut pending, Input::Data(data[1..].to_vec()));
                     }
                 }
                 Some(Ok(Message::Text(text))) => {
@@ -327,20 +338,17 @@ async fn relay_process(
                                 let _ = control.signal(signal);
                             }
                         }
-                        Ok(api::SessionMessage::Eof) => {
-                            let _ = stdin.shutdown().await;
-                            stdin_open = false;
+                        Ok(api::SessionMessage::Eof) if stdin_open => {
                             // Closing a pipe is the end of input; a terminal needs ^D.
-                            stdin = Box::pin(tokio::io::sink());
+                            stdin_open = false;
+                            offer(&input, &mut pending, Input::End);
                         }
                         _ => {}
                     }
                 }
-                Some(Ok(Message::Close(_))) | None | Some(Err(_)) => {
-                    // The client left: nobody sees the command's output any more.
-                    let _ = control.signal(Signal::Kill);
-                    break None;
-                }
+                // The client left: nobody sees the command's output any more. Its streams and
+                // control pipe close when this returns, and the helper kills its whole tree.
+                Some(Ok(Message::Close(_))) | None | Some(Err(_)) => break None,
                 Some(Ok(_)) => {}
             },
             chunk = output.recv() => match chunk {
@@ -353,7 +361,6 @@ async fn relay_process(
                     frame.push(channel);
                     frame.extend_from_slice(&data);
                     if socket.send(Message::Binary(frame.into())).await.is_err() {
-                        let _ = control.signal(Signal::Kill);
                         break None;
                     }
                 }
@@ -385,10 +392,7 @@ async fn relay_process(
                 }
             },
             () = draining => break Some("exit"),
-            () = closed(&mut closing) => {
-                let _ = control.signal(Signal::Kill);
-                break Some("the server is shutting down");
-            }
+            () = closed(&mut closing) => break Some("the server is shutting down"),
             _ = keep_alive.tick() => {
                 engine.keep_alive(session).await;
                 let _ = socket.send(Message::Ping(Default::default())).await;
@@ -399,6 +403,7 @@ async fn relay_process(
     if let Some(task) = stderr_task {
         task.abort();
     }
+    feeder.abort();
     if let Some(recording) = recording {
         recording.finish().await;
     }
@@ -434,20 +439,26 @@ async fn relay_connection(
     mut socket: WebSocket,
 ) -> Ending {
     let mut end = SessionEnd::default();
-    let (reader, mut writer) = tokio::io::split(connection);
+    let (reader, writer) = tokio::io::split(connection);
     let (sink, mut output) = mpsc::channel(16);
     let reading = pump(1, Box::pin(reader), sink);
+    // As for a command's stdin: the connection is written from a task of its own.
+    let (input, feed) = mpsc::channel::<Input>(8);
+    let writing = tokio::spawn(feed_connection(writer, feed));
+    let mut pending: Option<Input> = None;
     let mut closing = sessions.closing.subscribe();
     let mut keep_alive = tokio::time::interval(KEEP_ALIVE_EVERY);
     keep_alive.tick().await;
     let reason = loop {
         tokio::select! {
-            message = socket.recv() => match message {
+            permit = input.reserve(), if pending.is_some() => match permit {
+                Ok(permit) => permit.send(pending.take().expect("checked")),
+                Err(_) => break Some("the connection closed"),
+            },
+            message = socket.recv(), if pending.is_none() => match message {
                 Some(Ok(Message::Binary(data))) => {
                     end.bytes_in += data.len() as u64;
-                    if write_all(&mut writer, &data).await.is_err() {
-                        break Some("the connection closed");
-                    }
+                    offer(&input, &mut pending, Input::Data(data.to_vec()));
                 }
                 Some(Ok(Message::Close(_))) | None | Some(Err(_)) => break None,
                 Some(Ok(_)) => {}
@@ -469,11 +480,56 @@ async fn relay_connection(
         }
     };
     reading.abort();
+    writing.abort();
     Ending {
         end,
         socket,
         farewell: reason.map(close_frame).into_iter().collect(),
     }
+}
+
+/// What the relay hands to a command's stdin.
+enum Input {
+    Data(Vec<u8>),
+    /// The end of input: the pipe is closed.
+    End,
+}
+
+/// Queues `chunk` for the feeder, or keeps it in `pending` until there is room.
+fn offer(input: &mpsc::Sender<Input>, pending: &mut Option<Input>, chunk: Input) {
+    match input.try_send(chunk) {
+        Ok(()) => {}
+        Err(mpsc::error::TrySendError::Full(chunk)) => *pending = Some(chunk),
+        Err(mpsc::error::TrySendError::Closed(_)) => {}
+    }
+}
+
+/// Writes what arrives to the command's stdin until its end, or until the command stops
+/// taking input.
+async fn feed_stdin(mut stdin: airlock_core::ports::Writer, mut feed: mpsc::Receiver<Input>) {
+    while let Some(input) = feed.recv().await {
+        match input {
+            Input::Data(bytes) => {
+                if stdin.write_all(&bytes).await.is_err() || stdin.flush().await.is_err() {
+                    return;
+                }
+            }
+            Input::End => {
+                let _ = stdin.shutdown().await;
+                return;
+            }
+        }
+    }
+}
+
+/// Writes what arrives to a connection until the client or the connection is done.
+async fn feed_connection(mut writer: impl AsyncWrite + Unpin, mut feed: mpsc::Receiver<Input>) {
+    while let Some(Input::Data(bytes)) = feed.recv().await {
+        if write_all(&mut writer, &bytes).await.is_err() {
+            return;
+        }
+    }
+    let _ = writer.shutdown().await;
 }
 
 /// Resolves once the server starts shutting down.
