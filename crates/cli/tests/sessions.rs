@@ -1028,7 +1028,7 @@ async fn bulk_input_and_output_flow_together_and_a_dropped_client_takes_the_whol
             other => panic!("the session ended early: {other:?} after {received} bytes"),
         }
     }
-    writer.await.unwrap();
+    drop(writer.await.unwrap());
     assert_eq!(received, TOTAL);
     assert_eq!(exit, Some(json!(0)));
 
