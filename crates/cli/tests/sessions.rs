@@ -586,7 +586,7 @@ http.server.HTTPServer(("127.0.0.1", 8000), Echo).serve_forever()
     // Through the proxy path: the query is kept, the caller's token is not passed on.
     let response = reqwest::Client::new()
         .get(format!(
-            "{}/v1/environments/{environment}/proxy/8000/some/page?x=1",
+            "{}/v1/environments/{environment}/proxy/8000/some/my%20page?x=1",
             server.url
         ))
         .bearer_auth(user.token())
@@ -596,7 +596,8 @@ http.server.HTTPServer(("127.0.0.1", 8000), Echo).serve_forever()
         .unwrap();
     assert_eq!(response.status(), StatusCode::OK);
     let answer: Value = response.json().await.unwrap();
-    assert_eq!(answer["path"], "/some/page?x=1");
+    // Passed on as it came, still encoded.
+    assert_eq!(answer["path"], "/some/my%20page?x=1");
     let headers = answer["headers"].as_object().unwrap();
     assert_eq!(headers.get("x-custom"), Some(&json!("kept")));
     assert!(
@@ -670,6 +671,13 @@ async fn files_copy_in_and_out_never_escape_and_respect_the_limit() {
         )
         .await;
     assert_eq!(inside["stdout"], "750\n300000\n", "{inside}");
+    // The trail says which file.
+    let (_, trail) = server
+        .admin()
+        .get("/v1/audit?action=environment.copy_in")
+        .await;
+    let detail = trail["items"][0]["detail"].as_str().unwrap().to_owned();
+    assert_eq!(detail, "/tmp/data.bin: 300000 B written");
     let back = local.path().join("back.bin");
     let copied = tokio::task::block_in_place(|| {
         airlock_cp(&server, &token, &[&remote, back.to_str().unwrap()], None)
@@ -974,6 +982,21 @@ async fn sessions_end_with_their_environment_and_with_the_server() {
     let (_, record) = user.get(&format!("/v1/sessions/{third}")).await;
     assert!(record["ended_at"].is_string(), "{record}");
     assert!(record["exit_code"].is_null(), "{record}");
+    // And its end is in the trail, like every session's.
+    let (_, trail) = server.admin().get("/v1/audit?action=session.end").await;
+    let ends: Vec<&Value> = trail["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|event| event["detail"].as_str().unwrap_or("").contains(&third))
+        .collect();
+    assert_eq!(ends.len(), 1, "{trail}");
+    assert!(
+        ends[0]["detail"]
+            .as_str()
+            .unwrap()
+            .contains("ended at start")
+    );
 }
 
 /// A command that is slow to read its input never stops its output from being drained (and

@@ -101,6 +101,8 @@ pub enum Action {
     Proxy {
         environment: EnvironmentId,
         port: u16,
+        /// Its method and path, for the trail.
+        request: String,
     },
     /// How many environments and access requests are in each state, for `/metrics`.
     ReadMetrics,

@@ -218,8 +218,9 @@ pub trait Store: Send + Sync + 'static {
     async fn get_session(&self, id: &SessionId) -> Result<Option<Session>, StoreError>;
     /// Sessions in id (start) order after `after`, of one environment and/or one user.
     async fn list_sessions(&self, query: &SessionQuery) -> Result<Vec<Session>, StoreError>;
-    /// Ends, at `at`, every session still open: at start, those of a server that died.
-    async fn end_open_sessions(&self, at: DateTime<Utc>) -> Result<u64, StoreError>;
+    /// Ends, at `at`, every session still open (at start: those of a server that died); the
+    /// sessions so ended.
+    async fn end_open_sessions(&self, at: DateTime<Utc>) -> Result<Vec<Session>, StoreError>;
     /// Appends `events` to the audit trail's hash chain, in order, in one transaction: each
     /// gets the next index and the chain's hash there ([`ChainHead::next`]), continuing from
     /// the last chained event as read under the database's write lock, so that appends from

@@ -695,9 +695,9 @@ impl Runtime for LocalRuntime {
     async fn rename(&self, id: &EnvironmentId, hostname: &Name) -> Result<(), RuntimeError> {
         let (id, hostname) = (id.clone(), hostname.to_string());
         self.blocking(move |host| {
-            let pid =
-                enter::init_pid(&host.state_root(), id.as_str()).ok_or(RuntimeError::NotRunning)?;
-            enter::set_hostname(pid, &hostname).map_err(|e| failed("setting the hostname", e))?;
+            let init = enter::Init::find(&host.state_root(), id.as_str())
+                .ok_or(RuntimeError::NotRunning)?;
+            enter::set_hostname(&init, &hostname).map_err(|e| failed("setting the hostname", e))?;
             // Later commands take their baseline variables from the bundle.
             let path = host.sandbox_dir(&id).join("bundle/config.json");
             let text = fs::read(&path).map_err(|e| failed("reading the bundle", e))?;
@@ -829,9 +829,9 @@ impl Runtime for LocalRuntime {
         let id = id.clone();
         let stream = self
             .blocking(move |host| {
-                let pid = enter::init_pid(&host.state_root(), id.as_str())
+                let init = enter::Init::find(&host.state_root(), id.as_str())
                     .ok_or(RuntimeError::NotRunning)?;
-                enter::connect(pid, port).map_err(|error| match error.kind() {
+                enter::connect(&init, port).map_err(|error| match error.kind() {
                     std::io::ErrorKind::ConnectionRefused | std::io::ErrorKind::TimedOut => {
                         RuntimeError::PortClosed(port)
                     }
@@ -856,9 +856,9 @@ impl Runtime for LocalRuntime {
         let (id, path) = (id.clone(), path.to_owned());
         let (file, size) = self
             .blocking(move |host| {
-                let pid = enter::init_pid(&host.state_root(), id.as_str())
+                let init = enter::Init::find(&host.state_root(), id.as_str())
                     .ok_or(RuntimeError::NotRunning)?;
-                let root = enter::open_root(pid).map_err(|e| failed("opening the root", e))?;
+                let root = init.root().map_err(|e| failed("opening the root", e))?;
                 files::open_inside(&root, &path).map_err(path_error)
             })
             .await?;
@@ -879,9 +879,9 @@ impl Runtime for LocalRuntime {
         let (id, target) = (id.clone(), path.to_owned());
         let (upload, file) = self
             .blocking(move |host| {
-                let pid = enter::init_pid(&host.state_root(), id.as_str())
+                let init = enter::Init::find(&host.state_root(), id.as_str())
                     .ok_or(RuntimeError::NotRunning)?;
-                let root = enter::open_root(pid).map_err(|e| failed("opening the root", e))?;
+                let root = init.root().map_err(|e| failed("opening the root", e))?;
                 files::Upload::begin(&root, &target, mode).map_err(path_error)
             })
             .await?;

@@ -825,13 +825,19 @@ impl Store for SqliteStore {
         rows.iter().map(records::session).collect()
     }
 
-    async fn end_open_sessions(&self, at: DateTime<Utc>) -> Result<u64, StoreError> {
-        let done = sqlx::query("UPDATE sessions SET ended_at = ? WHERE ended_at IS NULL")
-            .bind(micros(at))
-            .execute(&self.pool)
-            .await
-            .map_err(backend)?;
-        Ok(done.rows_affected())
+    async fn end_open_sessions(&self, at: DateTime<Utc>) -> Result<Vec<Session>, StoreError> {
+        let rows =
+            sqlx::query("UPDATE sessions SET ended_at = ? WHERE ended_at IS NULL RETURNING *")
+                .bind(micros(at))
+                .fetch_all(&self.pool)
+                .await
+                .map_err(backend)?;
+        let mut ended: Vec<Session> = rows
+            .iter()
+            .map(records::session)
+            .collect::<Result<_, _>>()?;
+        ended.sort_by(|a, b| a.id.cmp(&b.id));
+        Ok(ended)
     }
 
     async fn append_audit(&self, events: &[AuditEvent]) -> Result<ChainHead, StoreError> {

@@ -2288,10 +2288,15 @@ async fn sessions_start_end_once_and_list(db: &Db) {
     assert_eq!(first.len() + rest.len(), 3);
 
     // A server that died leaves sessions open; the next one ends them.
-    assert_eq!(store.end_open_sessions(at(30)).await.unwrap(), 2);
+    let orphans = store.end_open_sessions(at(30)).await.unwrap();
+    assert_eq!(
+        ids(&orphans, |session| &session.id),
+        sorted(&[&forward.id, &exec.id])
+    );
     let forward = store.get_session(&forward.id).await.unwrap().unwrap();
     assert_eq!((forward.ended_at, forward.exit_code), (Some(at(30)), None));
-    assert_eq!(store.end_open_sessions(at(40)).await.unwrap(), 0);
+    assert_eq!(orphans.iter().find(|s| s.id == forward.id), Some(&forward));
+    assert!(store.end_open_sessions(at(40)).await.unwrap().is_empty());
 }
 
 /// The chain as the core computes it over `events`.

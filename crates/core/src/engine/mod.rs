@@ -266,9 +266,12 @@ impl Engine {
     ) -> Result<Reply, Error> {
         let name = action.name();
         let target = action.target();
-        // A buffered command is recorded in the trail: what ran and how it ended.
-        let command = match &action {
+        // What the trail keeps of the request itself: a buffered command, a copy's path, a
+        // proxied request's method and path.
+        let subject = match &action {
             Action::Exec { command, .. } => Some(shorten(&command.argv.join(" "), 1024)),
+            Action::CopyIn { path, .. } | Action::CopyOut { path, .. } => Some(shorten(path, 1024)),
+            Action::Proxy { request, .. } => Some(shorten(request, 1024)),
             _ => None,
         };
         let result = match self
@@ -299,7 +302,7 @@ impl Engine {
                 target,
                 Some(format!(
                     "{}: exit code {}, {} B stdout, {} B stderr{}{}",
-                    command.unwrap_or_default(),
+                    subject.unwrap_or_default(),
                     output.exit_code,
                     output.stdout.len(),
                     output.stderr.len(),
@@ -310,9 +313,19 @@ impl Engine {
             Ok(reply) => (
                 "ok",
                 target.or_else(|| Self::reply_target(reply)),
-                Self::reply_detail(reply),
+                match (Self::reply_detail(reply), subject) {
+                    (Some(detail), Some(subject)) => Some(format!("{subject}: {detail}")),
+                    (detail, subject) => detail.or(subject),
+                },
             ),
-            Err(error) => (error.outcome(), target, Some(error.to_string())),
+            Err(error) => (
+                error.outcome(),
+                target,
+                Some(match subject {
+                    Some(subject) => format!("{subject}: {error}"),
+                    None => error.to_string(),
+                }),
+            ),
         };
         self.audit(
             origin,
@@ -464,7 +477,9 @@ impl Engine {
             Action::CopyOut { environment, path } => {
                 self.copy_out(principal, &environment, path).await
             }
-            Action::Proxy { environment, port } => self.proxy(principal, &environment, port).await,
+            Action::Proxy {
+                environment, port, ..
+            } => self.proxy(principal, &environment, port).await,
             Action::ReadMetrics => {
                 self.require(principal, "metrics.read", &Resource::Server)?;
                 Ok(Reply::Metrics(self.state_counts().await?))

@@ -170,9 +170,26 @@ impl Engine {
         }
     }
 
-    /// Ends the records of sessions a dead server left open (at start).
-    pub async fn end_orphaned_sessions(&self) -> Result<u64, Error> {
-        Ok(self.store.end_open_sessions(self.now()).await?)
+    /// Ends the records of sessions a dead server left open (at start), each with its
+    /// `session.end` event; how many.
+    pub async fn end_orphaned_sessions(&self) -> Result<usize, Error> {
+        let ended = self.store.end_open_sessions(self.now()).await?;
+        for session in &ended {
+            self.audit(
+                &Origin::default(),
+                session.user.as_str(),
+                "session.end",
+                Some(session.environment.to_string()),
+                "ok",
+                Some(format!(
+                    "session {} ({}): ended at start, the server relaying it had stopped",
+                    session.id,
+                    session.kind.as_str()
+                )),
+            )
+            .await;
+        }
+        Ok(ended.len())
     }
 
     pub(super) async fn list_sessions(

@@ -373,12 +373,22 @@ pub async fn proxy(
     };
     let id = environment_id(&state, &caller, "environment.proxy", &param("id")).await?;
     let port = parse_port(&state, &caller, "environment.proxy", &param("port")).await?;
+    // The path inside as it came, still percent-encoded (the router's copy is decoded): what
+    // follows `/v1/environments/{id}/proxy/{port}/`.
+    let inside = request
+        .uri()
+        .path()
+        .splitn(7, '/')
+        .nth(6)
+        .unwrap_or_default()
+        .to_owned();
     let reply = perform(
         &state,
         &caller,
         Action::Proxy {
             environment: id.clone(),
             port,
+            request: format!("{} /{inside}", request.method()),
         },
     )
     .await?;
@@ -386,7 +396,7 @@ pub async fn proxy(
         return Err(unexpected(reply));
     };
     let (parts, body) = request.into_parts();
-    let mut path = format!("/{}", param("path"));
+    let mut path = format!("/{inside}");
     if let Some(query) = parts.uri.query() {
         path.push('?');
         path.push_str(query);
