@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 use airlock_api as api;
 use airlock_core::engine::SessionEnd;
 use airlock_core::ids::SessionId;
+use airlock_core::model::Principal;
 use airlock_core::ports::{Connection, Process, ProcessExit, Reader};
 use airlock_core::session::{LiveSession, Recorder, Session, SessionIo, Signal, TerminalSize};
 use airlock_core::{Engine, Origin};
@@ -18,8 +19,10 @@ use axum::extract::ws::{CloseFrame, Message, WebSocket};
 use tokio::io::{AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::{Notify, mpsc, watch};
 
-/// How often an open session marks its environment as in use, and pings its client.
-const KEEP_ALIVE_EVERY: Duration = Duration::from_secs(30);
+/// How often an open session checks that its opener may still be inside, marks its
+/// environment as in use (well within the shortest idle timeout a create may ask for, 60 s
+/// by default), and pings its client.
+const KEEP_ALIVE_EVERY: Duration = Duration::from_secs(10);
 
 /// How long output may still arrive after the command ended (a background process may hold
 /// its streams open forever).
@@ -96,6 +99,7 @@ pub async fn run(
     sessions: Arc<Sessions>,
     engine: Arc<Engine>,
     origin: Origin,
+    principal: Principal,
     live: LiveSession,
     terminal: Option<TerminalSize>,
     socket: WebSocket,
@@ -104,10 +108,22 @@ pub async fn run(
     let LiveSession { session, io } = live;
     let mut ending = match io {
         SessionIo::Process(process) => {
-            relay_process(&sessions, &engine, &session, process, terminal, socket).await
+            let inside = Inside {
+                sessions: &sessions,
+                engine: &engine,
+                principal: &principal,
+                session: &session,
+            };
+            relay_process(&inside, process, terminal, socket).await
         }
         SessionIo::Connection(connection) => {
-            relay_connection(&sessions, &engine, &session, connection, socket).await
+            let inside = Inside {
+                sessions: &sessions,
+                engine: &engine,
+                principal: &principal,
+                session: &session,
+            };
+            relay_connection(&inside, connection, socket).await
         }
     };
     // Recorded before the client hears the end, so what it reads next is already true.
@@ -115,6 +131,31 @@ pub async fn run(
     for message in ending.farewell {
         if ending.socket.send(message).await.is_err() {
             break;
+        }
+    }
+}
+
+/// A relay's context: the session, who opened it, and where it runs.
+struct Inside<'a> {
+    sessions: &'a Arc<Sessions>,
+    engine: &'a Arc<Engine>,
+    principal: &'a Principal,
+    session: &'a Session,
+}
+
+impl Inside<'_> {
+    /// Still allowed? Otherwise why the session ends.
+    async fn keep_alive(&self) -> Result<(), &'static str> {
+        match self.engine.keep_alive(self.principal, self.session).await {
+            Ok(()) => Ok(()),
+            Err(airlock_core::Error::Internal(error)) => {
+                tracing::warn!(error, session = %self.session.id, "could not check a session");
+                Ok(())
+            }
+            Err(error) => {
+                tracing::info!(%error, session = %self.session.id, "a session's access ended");
+                Err("access to the environment ended")
+            }
         }
     }
 }
@@ -240,13 +281,12 @@ fn control_message(message: &api::SessionMessage) -> Message {
 }
 
 async fn relay_process(
-    sessions: &Arc<Sessions>,
-    engine: &Arc<Engine>,
-    session: &Session,
+    inside: &Inside<'_>,
     process: Process,
     terminal: Option<TerminalSize>,
     mut socket: WebSocket,
 ) -> Ending {
+    let (sessions, session) = (inside.sessions, inside.session);
     let Process {
         stdin,
         stdout,
@@ -394,7 +434,9 @@ async fn relay_process(
             () = draining => break Some("exit"),
             () = closed(&mut closing) => break Some("the server is shutting down"),
             _ = keep_alive.tick() => {
-                engine.keep_alive(session).await;
+                if let Err(reason) = inside.keep_alive().await {
+                    break Some(reason);
+                }
                 let _ = socket.send(Message::Ping(Default::default())).await;
             }
         }
@@ -432,12 +474,11 @@ async fn relay_process(
 }
 
 async fn relay_connection(
-    sessions: &Arc<Sessions>,
-    engine: &Arc<Engine>,
-    session: &Session,
+    inside: &Inside<'_>,
     connection: Box<dyn Connection>,
     mut socket: WebSocket,
 ) -> Ending {
+    let sessions = inside.sessions;
     let mut end = SessionEnd::default();
     let (reader, writer) = tokio::io::split(connection);
     let (sink, mut output) = mpsc::channel(16);
@@ -474,7 +515,9 @@ async fn relay_connection(
             },
             () = closed(&mut closing) => break Some("the server is shutting down"),
             _ = keep_alive.tick() => {
-                engine.keep_alive(session).await;
+                if let Err(reason) = inside.keep_alive().await {
+                    break Some(reason);
+                }
                 let _ = socket.send(Message::Ping(Default::default())).await;
             }
         }

@@ -312,7 +312,11 @@ async fn an_open_session_keeps_its_environment_from_idling() {
     );
     // 500 s pass; the relay marks the session alive; 500 more: not idle for 600 s yet.
     fixture.clock.advance(chrono::Duration::seconds(500));
-    fixture.engine.keep_alive(&session.session).await;
+    fixture
+        .engine
+        .keep_alive(&ann, &session.session)
+        .await
+        .unwrap();
     fixture.clock.advance(chrono::Duration::seconds(500));
     let reaped = fixture.engine.reap().await.unwrap();
     assert!(reaped.stopped.is_empty(), "{reaped:?}");
@@ -350,5 +354,50 @@ async fn a_buffered_command_is_recorded_in_the_trail_with_its_exit_code_and_size
     assert_eq!(
         exec.detail.as_deref(),
         Some("echo hello: exit code 0, 6 B stdout, 0 B stderr")
+    );
+}
+
+#[tokio::test]
+async fn an_open_session_ends_when_its_access_does() {
+    let fixture = fixture().await;
+    let ann = fixture.user("ann", Role::Developer).await;
+    let environment = fixture.environment(&ann, None).await;
+    let session = live(
+        fixture
+            .as_user(&ann, terminal(&environment, &["cat"]))
+            .await,
+    );
+    fixture
+        .engine
+        .keep_alive(&ann, &session.session)
+        .await
+        .unwrap();
+
+    // Her token revoked: the next check ends the session.
+    let airlock_core::model::Credential::Token(token) = ann.credential.clone() else {
+        panic!("a token")
+    };
+    fixture
+        .as_user(&ann, Action::RevokeToken(token))
+        .await
+        .unwrap();
+    let checked = fixture.engine.keep_alive(&ann, &session.session).await;
+    assert!(
+        matches!(checked, Err(Error::Unauthenticated)),
+        "{checked:?}"
+    );
+
+    // Another one, whose environment is then deleted: ended too.
+    let bob = fixture.user("bob", Role::Developer).await;
+    let other = fixture.environment(&bob, None).await;
+    let session = live(fixture.as_user(&bob, terminal(&other, &["cat"])).await);
+    fixture
+        .as_user(&bob, Action::DeleteEnvironment(other))
+        .await
+        .unwrap();
+    let checked = fixture.engine.keep_alive(&bob, &session.session).await;
+    assert!(
+        matches!(checked, Err(Error::NotFound { .. })),
+        "{checked:?}"
     );
 }

@@ -158,16 +158,32 @@ impl Engine {
         .await;
     }
 
-    /// Marks an open session's environment as in use (called while a session stays open,
-    /// so that an idle timeout does not stop an environment someone is inside of).
-    pub async fn keep_alive(&self, session: &Session) {
-        let environment = match self.store.get_environment(&session.environment).await {
-            Ok(Some(environment)) if environment.state == EnvState::Running => environment,
-            _ => return,
-        };
-        if let Err(error) = self.note_activity(&environment, false).await {
-            tracing::warn!(%error, session = %session.id, "could not note a session's activity");
+    /// Called while a session stays open: checks again that whoever opened it may still be
+    /// inside (the credential not revoked or expired, the user still allowed
+    /// `environment.exec` on a running environment, its grant still active) and marks the
+    /// environment as in use, so that an idle timeout does not stop it under someone. An
+    /// error ends the session.
+    pub async fn keep_alive(&self, principal: &Principal, session: &Session) -> Result<(), Error> {
+        if let crate::model::Credential::Token(id) = &principal.credential {
+            let now = self.now();
+            let valid = self.store.get_token(id).await?.is_some_and(|token| {
+                token.revoked_at.is_none() && token.expires_at.is_none_or(|end| end > now)
+            });
+            if !valid {
+                return Err(Error::Unauthenticated);
+            }
         }
+        let user = self
+            .store
+            .get_user(&principal.user.id)
+            .await?
+            .ok_or(Error::Unauthenticated)?;
+        let current = Principal {
+            user,
+            ..principal.clone()
+        };
+        let environment = self.load_running(&current, &session.environment).await?;
+        self.note_activity(&environment, false).await
     }
 
     /// Ends the records of sessions a dead server left open (at start), each with its

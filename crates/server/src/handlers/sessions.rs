@@ -201,11 +201,12 @@ async fn start(
     let Reply::Session(live) = reply else {
         return Err(unexpected(reply));
     };
-    let (engine, sessions, metrics, origin) = (
+    let (engine, sessions, metrics, origin, principal) = (
         state.engine.clone(),
         state.sessions.clone(),
         state.metrics.clone(),
         caller.origin.clone(),
+        caller.principal.clone(),
     );
     // If the upgrade fails, the session ends at once (its command is killed).
     let abandoned = std::sync::Arc::new(std::sync::Mutex::new(None));
@@ -225,7 +226,7 @@ async fn start(
                 return;
             };
             let _open = metrics.session_opened();
-            crate::sessions::run(sessions, engine, origin, live, terminal, socket).await;
+            crate::sessions::run(sessions, engine, origin, principal, live, terminal, socket).await;
         }))
 }
 
