@@ -201,6 +201,13 @@ struct ServerArgs {
     /// (the recording says so).
     #[arg(long, env = "AIRLOCK_RECORDING_LIMIT_MIB", default_value_t = 64)]
     recording_limit_mib: u64,
+    /// Sessions (shells, streamed commands, port forwards) one user may have open at once;
+    /// beyond, 429 with Retry-After.
+    #[arg(long, env = "AIRLOCK_MAX_SESSIONS_PER_USER", default_value_t = 32)]
+    max_sessions_per_user: usize,
+    /// Sessions the server relays at once in all; beyond, 503 with Retry-After.
+    #[arg(long, env = "AIRLOCK_MAX_SESSIONS", default_value_t = 1024)]
+    max_sessions: usize,
     /// Environments created at once; more wait in a fair queue [default: 8].
     #[arg(long, env = "AIRLOCK_MAX_CONCURRENT_CREATES", default_value_t = 8)]
     max_concurrent_creates: usize,
@@ -454,7 +461,11 @@ async fn run_server(args: ServerArgs) -> anyhow::Result<()> {
         },
         reconcile_every: std::time::Duration::from_secs(args.reconcile_seconds.max(1)),
         shutdown_grace: std::time::Duration::from_secs(args.shutdown_grace),
-        recording_limit: args.recording_limit_mib.saturating_mul(1 << 20),
+        session_limits: airlock_server::SessionLimits {
+            recording: args.recording_limit_mib.saturating_mul(1 << 20),
+            per_user: args.max_sessions_per_user.max(1),
+            total: args.max_sessions.max(1),
+        },
         metrics_listen: args.metrics_listen,
         alerts: airlock_server::AlertConfig {
             webhooks: args.webhooks,

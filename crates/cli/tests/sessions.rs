@@ -1084,3 +1084,37 @@ async fn bulk_input_and_output_flow_together_and_a_dropped_client_takes_the_whol
     .await;
     assert!(gone, "a process of the session outlived it");
 }
+
+/// One user's open sessions are bounded (429 past it, nothing started); a seat comes back
+/// when a session ends.
+#[tokio::test(flavor = "multi_thread")]
+async fn open_sessions_per_user_are_bounded() {
+    if !can_run_sandboxes("sessions_bounded") {
+        return;
+    }
+    let server = Server::start_with(&["--max-sessions-per-user", "2"]);
+    let ann = server.user("ann").await;
+    let bob = server.user("bob").await;
+    let mine = ann.create(json!({ "resources": { "disk_mib": 64 } })).await;
+    let theirs = bob.create(json!({ "resources": { "disk_mib": 64 } })).await;
+    let sleeping = |environment: &str| {
+        format!("/v1/environments/{environment}/exec/stream?command=sleep&command=600")
+    };
+    let first = open(&ann, &sleeping(&mine)).await.expect("first");
+    let _second = open(&ann, &sleeping(&mine)).await.expect("second");
+    assert_eq!(
+        open(&ann, &sleeping(&mine)).await.err(),
+        Some(StatusCode::TOO_MANY_REQUESTS)
+    );
+    // Another user is not affected.
+    let _bobs = open(&bob, &sleeping(&theirs)).await.expect("bob's");
+    // One ends; a seat is free again.
+    drop(first);
+    let reopened = wait_until(Duration::from_secs(10), || async {
+        open(&ann, &sleeping(&mine)).await.is_ok()
+    })
+    .await;
+    assert!(reopened);
+    let (_, listed) = ann.get(&format!("/v1/sessions?environment={mine}")).await;
+    assert_eq!(listed["items"].as_array().unwrap().len(), 3, "{listed}");
+}

@@ -913,6 +913,10 @@ impl Runtime for LocalRuntime {
         file.flush()
             .await
             .map_err(|e| failed("writing the file", e))?;
+        // On disk before it takes the target's place: whole or nothing, across a crash too.
+        file.sync_all()
+            .await
+            .map_err(|e| failed("writing the file", e))?;
         drop(file);
         tokio::task::spawn_blocking(move || upload.commit().map_err(path_error))
             .await

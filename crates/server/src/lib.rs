@@ -33,6 +33,7 @@ use tracing::Instrument;
 pub use alerts::{AlertConfig, Thresholds, WebhookSecret};
 pub use metrics::{Metrics, OpenSession};
 pub use oidc_auth::OidcSettings;
+pub use sessions::SessionLimits;
 pub use startup::{ServerConfig, Started, purge, run, start};
 
 use crate::error::ApiError;

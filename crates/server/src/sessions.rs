@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use airlock_api as api;
 use airlock_core::engine::SessionEnd;
-use airlock_core::ids::SessionId;
+use airlock_core::ids::{SessionId, UserId};
 use airlock_core::model::Principal;
 use airlock_core::ports::{Connection, Process, ProcessExit, Reader};
 use airlock_core::session::{LiveSession, Recorder, Session, SessionIo, Signal, TerminalSize};
@@ -28,28 +28,70 @@ const KEEP_ALIVE_EVERY: Duration = Duration::from_secs(10);
 /// its streams open forever).
 const DRAIN_AFTER_EXIT: Duration = Duration::from_millis(250);
 
+/// Why a terminal session ends when its recording cannot be written.
+const RECORDING_FAILED: &str = "the session could not be recorded";
+
 /// Bytes read from a stream at once.
 const CHUNK: usize = 32 * 1024;
+
+/// How many sessions may be open at once.
+#[derive(Debug, Clone, Copy)]
+pub struct SessionLimits {
+    /// Bytes of one recording at most.
+    pub recording: u64,
+    /// Sessions one user may have open.
+    pub per_user: usize,
+    /// Sessions the server relays in all (each holds a helper process and a terminal or
+    /// pipes on the host).
+    pub total: usize,
+}
 
 /// The sessions this server relays.
 pub struct Sessions {
     recordings: PathBuf,
-    /// Bytes of one recording at most.
-    recording_limit: u64,
+    limits: SessionLimits,
+    /// Seats taken, by user (a seat is taken before a session opens, freed when it ends).
+    seats: std::sync::Mutex<std::collections::HashMap<UserId, usize>>,
     closing: watch::Sender<bool>,
     open: AtomicUsize,
     all_closed: Notify,
 }
 
 impl Sessions {
-    pub fn new(recordings: PathBuf, recording_limit: u64) -> Self {
+    pub fn new(recordings: PathBuf, limits: SessionLimits) -> Self {
         Self {
             recordings,
-            recording_limit,
+            limits,
+            seats: Default::default(),
             closing: watch::channel(false).0,
             open: AtomicUsize::new(0),
             all_closed: Notify::new(),
         }
+    }
+
+    /// A seat for one more session of `user`, or why there is none: 429 past the user's
+    /// limit, 503 past the server's; each with when to try again.
+    pub fn seat(self: &Arc<Self>, user: &UserId) -> Result<Seat, airlock_core::Error> {
+        let mut seats = self.seats.lock().expect("seats lock");
+        let total: usize = seats.values().sum();
+        let retry_after = Duration::from_secs(5);
+        if total >= self.limits.total {
+            return Err(airlock_core::Error::Overloaded {
+                reason: format!(
+                    "the server relays {total} sessions, the most it may; try again later"
+                ),
+                retry_after,
+            });
+        }
+        let mine = seats.entry(user.clone()).or_default();
+        if *mine >= self.limits.per_user {
+            return Err(airlock_core::Error::RateLimited { retry_after });
+        }
+        *mine += 1;
+        Ok(Seat {
+            sessions: self.clone(),
+            user: user.clone(),
+        })
     }
 
     /// Where a terminal session's asciicast recording is.
@@ -79,6 +121,24 @@ impl Sessions {
     fn track(self: &Arc<Self>) -> Open {
         self.open.fetch_add(1, Ordering::SeqCst);
         Open(self.clone())
+    }
+}
+
+/// One user's place among the open sessions, freed when dropped.
+pub struct Seat {
+    sessions: Arc<Sessions>,
+    user: UserId,
+}
+
+impl Drop for Seat {
+    fn drop(&mut self) {
+        let mut seats = self.sessions.seats.lock().expect("seats lock");
+        if let Some(count) = seats.get_mut(&self.user) {
+            *count -= 1;
+            if *count == 0 {
+                seats.remove(&self.user);
+            }
+        }
     }
 }
 
@@ -241,7 +301,7 @@ impl Recording {
             session.started_at,
             &session.argv,
             session.environment.as_str(),
-            sessions.recording_limit,
+            sessions.limits.recording,
         );
         let mut file = tokio::io::BufWriter::new(file);
         file.write_all(&header).await?;
@@ -252,17 +312,19 @@ impl Recording {
         })
     }
 
-    async fn output(&mut self, bytes: &[u8]) {
+    async fn output(&mut self, bytes: &[u8]) -> std::io::Result<()> {
         let seconds = self.started.elapsed().as_secs_f64();
-        if let Some(line) = self.recorder.output(seconds, bytes) {
-            let _ = self.file.write_all(&line).await;
+        match self.recorder.output(seconds, bytes) {
+            Some(line) => self.file.write_all(&line).await,
+            None => Ok(()),
         }
     }
 
-    async fn resize(&mut self, size: TerminalSize) {
+    async fn resize(&mut self, size: TerminalSize) -> std::io::Result<()> {
         let seconds = self.started.elapsed().as_secs_f64();
-        if let Some(line) = self.recorder.resize(seconds, size) {
-            let _ = self.file.write_all(&line).await;
+        match self.recorder.resize(seconds, size) {
+            Some(line) => self.file.write_all(&line).await,
+            None => Ok(()),
         }
     }
 
@@ -368,8 +430,10 @@ async fn relay_process(
                         Ok(api::SessionMessage::Resize { cols, rows }) => {
                             if let Ok(size) = TerminalSize::new(cols, rows) {
                                 let _ = control.resize(size);
-                                if let Some(recording) = recording.as_mut() {
-                                    recording.resize(size).await;
+                                if let Some(recording) = recording.as_mut()
+                                    && recording.resize(size).await.is_err()
+                                {
+                                    break Some(RECORDING_FAILED);
                                 }
                             }
                         }
@@ -394,8 +458,12 @@ async fn relay_process(
             chunk = output.recv() => match chunk {
                 Some(Output::Data(channel, data)) => {
                     end.bytes_out += data.len() as u64;
-                    if let Some(recording) = recording.as_mut() {
-                        recording.output(&data).await;
+                    // A terminal session that can no longer be recorded does not go on.
+                    if let Some(recording) = recording.as_mut()
+                        && let Err(error) = recording.output(&data).await
+                    {
+                        tracing::error!(%error, session = %session.id, "writing the recording failed");
+                        break Some(RECORDING_FAILED);
                     }
                     let mut frame = Vec::with_capacity(data.len() + 1);
                     frame.push(channel);

@@ -24,7 +24,7 @@ use crate::checkpoints::Checkpointer;
 use crate::metrics::Metrics;
 use crate::oidc_auth::{OidcAuthenticator, OidcSettings};
 use crate::secrets::HostSecrets;
-use crate::sessions::Sessions;
+use crate::sessions::{SessionLimits, Sessions};
 use crate::{AppState, build_app, build_metrics_app, serve};
 
 /// How often grants, expiries and idle timeouts are checked: "within a few seconds".
@@ -61,8 +61,8 @@ pub struct ServerConfig {
     pub oidc: Option<OidcSettings>,
     /// How long requests in flight may finish after SIGTERM before they are cancelled.
     pub shutdown_grace: Duration,
-    /// Bytes of one terminal session's recording at most.
-    pub recording_limit: u64,
+    /// Recordings' size, sessions per user and in all.
+    pub session_limits: SessionLimits,
     /// Also serve `/metrics` here, without a credential (a private address, for Prometheus).
     pub metrics_listen: Option<SocketAddr>,
     /// Webhooks and the thresholds of alerts.
@@ -240,7 +240,7 @@ pub async fn start(config: ServerConfig) -> Result<Started> {
         shutdown_grace: config.shutdown_grace,
         sessions: Arc::new(Sessions::new(
             config.data_dir.join("recordings"),
-            config.recording_limit,
+            config.session_limits,
         )),
         listener,
         _lock: lock,

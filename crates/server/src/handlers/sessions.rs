@@ -197,6 +197,22 @@ async fn start(
     action: Action,
     terminal: Option<TerminalSize>,
 ) -> Result<Response> {
+    // A seat first: past the limits nothing is started (and the refusal is audited).
+    let seat = match state.sessions.seat(&caller.principal.user.id) {
+        Ok(seat) => seat,
+        Err(error) => {
+            state
+                .engine
+                .record_refusal(
+                    &caller.origin,
+                    Some(&caller.principal),
+                    "session.start",
+                    &error,
+                )
+                .await;
+            return Err(error.into());
+        }
+    };
     let reply = perform(&state, &caller, action).await?;
     let Reply::Session(live) = reply else {
         return Err(unexpected(reply));
@@ -226,6 +242,7 @@ async fn start(
                 return;
             };
             let _open = metrics.session_opened();
+            let _seat = seat;
             crate::sessions::run(sessions, engine, origin, principal, live, terminal, socket).await;
         }))
 }
