@@ -14,6 +14,7 @@ use common::{AIRLOCK, Api, Server, can_run_sandboxes};
 use futures::{SinkExt, StreamExt};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
+use sha2::Digest;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 
@@ -201,6 +202,19 @@ async fn a_terminal_session_types_reads_resizes_interrupts_and_ends_with_its_exi
     assert_eq!(end["actor"], start["actor"]);
     assert!(
         end["detail"].as_str().unwrap().contains("exit code 3"),
+        "{end}"
+    );
+    // The trail vouches for the recording: its SHA-256 is in the end event.
+    let recorded = fetch_text(&user, &format!("/v1/sessions/{session}/recording")).await;
+    let digest: String = sha2::Sha256::digest(recorded.as_bytes())
+        .iter()
+        .map(|byte| format!("{byte:02x}"))
+        .collect();
+    assert!(
+        end["detail"]
+            .as_str()
+            .unwrap()
+            .contains(&format!("recording sha256 {digest}")),
         "{end}"
     );
 

@@ -16,6 +16,7 @@ use airlock_core::ports::{Connection, Process, ProcessExit, Reader};
 use airlock_core::session::{LiveSession, Recorder, Session, SessionIo, Signal, TerminalSize};
 use airlock_core::{Engine, Origin};
 use axum::extract::ws::{CloseFrame, Message, WebSocket};
+use sha2::{Digest, Sha256};
 use tokio::io::{AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::{Notify, mpsc, watch};
 
@@ -280,6 +281,9 @@ fn pump(
 struct Recording {
     recorder: Recorder,
     file: tokio::io::BufWriter<tokio::fs::File>,
+    /// SHA-256 of everything written, for the `session.end` event: the trail vouches for
+    /// the recording.
+    digest: Sha256,
     started: Instant,
 }
 
@@ -303,19 +307,25 @@ impl Recording {
             session.environment.as_str(),
             sessions.limits.recording,
         );
-        let mut file = tokio::io::BufWriter::new(file);
-        file.write_all(&header).await?;
-        Ok(Self {
+        let mut recording = Self {
             recorder,
-            file,
+            file: tokio::io::BufWriter::new(file),
+            digest: Sha256::new(),
             started: Instant::now(),
-        })
+        };
+        recording.write(&header).await?;
+        Ok(recording)
+    }
+
+    async fn write(&mut self, line: &[u8]) -> std::io::Result<()> {
+        self.digest.update(line);
+        self.file.write_all(line).await
     }
 
     async fn output(&mut self, bytes: &[u8]) -> std::io::Result<()> {
         let seconds = self.started.elapsed().as_secs_f64();
         match self.recorder.output(seconds, bytes) {
-            Some(line) => self.file.write_all(&line).await,
+            Some(line) => self.write(&line).await,
             None => Ok(()),
         }
     }
@@ -323,14 +333,20 @@ impl Recording {
     async fn resize(&mut self, size: TerminalSize) -> std::io::Result<()> {
         let seconds = self.started.elapsed().as_secs_f64();
         match self.recorder.resize(seconds, size) {
-            Some(line) => self.file.write_all(&line).await,
+            Some(line) => self.write(&line).await,
             None => Ok(()),
         }
     }
 
-    async fn finish(mut self) {
+    /// Flushes and syncs the file; the SHA-256 of all of it, in hex.
+    async fn finish(mut self) -> String {
         let _ = self.file.flush().await;
         let _ = self.file.get_ref().sync_all().await;
+        self.digest
+            .finalize()
+            .iter()
+            .map(|byte| format!("{byte:02x}"))
+            .collect()
     }
 }
 
@@ -515,7 +531,7 @@ async fn relay_process(
     }
     feeder.abort();
     if let Some(recording) = recording {
-        recording.finish().await;
+        end.recording_sha256 = Some(recording.finish().await);
     }
     end.exit = exit;
     let farewell = match (reason, exit) {

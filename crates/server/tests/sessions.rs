@@ -171,6 +171,7 @@ async fn a_session_is_opened_relayed_ended_and_audited() {
                 exit: Some(exit),
                 bytes_in: 4,
                 bytes_out: 4,
+                recording_sha256: Some("ab".repeat(32)),
             },
         )
         .await;

@@ -21,12 +21,15 @@ const LOGIN_SHELL: [&str; 3] = [
 ];
 
 /// How a session ended, as the server saw it.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct SessionEnd {
     /// Set when the command ended (not for port forwards, or when the client left first).
     pub exit: Option<ProcessExit>,
     pub bytes_in: u64,
     pub bytes_out: u64,
+    /// The SHA-256 (hex) of the whole recording, for a terminal session: kept in the
+    /// `session.end` event, so the hash chain vouches for the file.
+    pub recording_sha256: Option<String>,
 }
 
 impl Engine {
@@ -133,6 +136,9 @@ impl Engine {
             end.bytes_in,
             end.bytes_out
         );
+        if let Some(digest) = &end.recording_sha256 {
+            detail.push_str(&format!(", recording sha256 {digest}"));
+        }
         if let Some(exit) = end.exit {
             detail.push_str(&format!(", exit code {}", exit.exit_code));
             if exit.oom_killed {
