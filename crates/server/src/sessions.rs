@@ -5,7 +5,6 @@
 
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use airlock_api as api;
@@ -51,10 +50,11 @@ pub struct SessionLimits {
 pub struct Sessions {
     recordings: PathBuf,
     limits: SessionLimits,
-    /// Seats taken, by user (a seat is taken before a session opens, freed when it ends).
+    /// Seats taken, by user (a seat is taken before a session opens, freed once its end is
+    /// recorded): the sessions open, for the limits and for shutdown.
     seats: std::sync::Mutex<std::collections::HashMap<UserId, usize>>,
     closing: watch::Sender<bool>,
-    open: AtomicUsize,
+    /// Told when the last seat is freed.
     all_closed: Notify,
 }
 
@@ -65,7 +65,6 @@ impl Sessions {
             limits,
             seats: Default::default(),
             closing: watch::channel(false).0,
-            open: AtomicUsize::new(0),
             all_closed: Notify::new(),
         }
     }
@@ -100,28 +99,19 @@ impl Sessions {
         self.recordings.join(format!("{id}.cast"))
     }
 
-    pub fn open_count(&self) -> usize {
-        self.open.load(Ordering::SeqCst)
-    }
-
     /// Ends every session (each records its end) and waits for them, at most `grace`.
     pub async fn close_all(&self, grace: Duration) {
         self.closing.send_replace(true);
         let _ = tokio::time::timeout(grace, async {
             loop {
                 let closed = self.all_closed.notified();
-                if self.open.load(Ordering::SeqCst) == 0 {
+                if self.seats.lock().expect("seats lock").is_empty() {
                     return;
                 }
                 closed.await;
             }
         })
         .await;
-    }
-
-    fn track(self: &Arc<Self>) -> Open {
-        self.open.fetch_add(1, Ordering::SeqCst);
-        Open(self.clone())
     }
 }
 
@@ -140,22 +130,15 @@ impl Drop for Seat {
                 seats.remove(&self.user);
             }
         }
-    }
-}
-
-/// One open session, counted until dropped.
-struct Open(Arc<Sessions>);
-
-impl Drop for Open {
-    fn drop(&mut self) {
-        if self.0.open.fetch_sub(1, Ordering::SeqCst) == 1 {
-            self.0.all_closed.notify_waiters();
+        if seats.is_empty() {
+            self.sessions.all_closed.notify_waiters();
         }
     }
 }
 
 /// Runs a session that the engine opened over an upgraded WebSocket (recorded when it has a
-/// `terminal`, of that first size), then records its end.
+/// `terminal`, of that first size), then records its end. The caller holds the session's
+/// [`Seat`] until this returns.
 pub async fn run(
     sessions: Arc<Sessions>,
     engine: Arc<Engine>,
@@ -165,7 +148,6 @@ pub async fn run(
     terminal: Option<TerminalSize>,
     socket: WebSocket,
 ) {
-    let _open = sessions.track();
     let LiveSession { session, io } = live;
     let mut ending = match io {
         SessionIo::Process(process) => {
