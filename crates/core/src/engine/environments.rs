@@ -1,5 +1,6 @@
 //! Environments: create (with idempotency), list, get, stop, start, delete, exec.
 
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 use sha2::{Digest, Sha256};
@@ -455,8 +456,26 @@ impl Engine {
         id: &EnvironmentId,
         command: Command,
     ) -> Result<Reply, Error> {
-        let environment = self.load_for(principal, id, "environment.exec").await?;
+        let environment = self.load_running(principal, id).await?;
         let mut spec = self.exec_spec(command)?;
+        self.note_activity(&environment, false).await?;
+        self.add_grant_env(&environment, &mut spec.env).await?;
+        let output = self.runtime.exec(id, &spec).await?;
+        if output.oom_killed {
+            self.audit_oom_kill(id, format!("while running {:?}", spec.argv[0]))
+                .await;
+        }
+        Ok(Reply::Exec(output))
+    }
+
+    /// The running environment `principal` may reach inside of (`environment.exec`), with
+    /// an active grant if it was opened under one: for commands, sessions, copies, ports.
+    pub(super) async fn load_running(
+        &self,
+        principal: &Principal,
+        id: &EnvironmentId,
+    ) -> Result<Environment, Error> {
+        let environment = self.load_for(principal, id, "environment.exec").await?;
         if environment.state != EnvState::Running {
             return Err(Error::Conflict(format!(
                 "the environment is {}, not running",
@@ -464,26 +483,21 @@ impl Engine {
             )));
         }
         self.check_grant(&environment).await?;
-        self.note_activity(&environment, false).await?;
-        // A grant's variables are read at each command and take precedence over the caller's.
-        for (name, value) in self.grant_env(&environment).await? {
-            let value = String::from_utf8_lossy(value.expose()).into_owned();
-            spec.env.insert(name, value);
-        }
-        let output = self.runtime.exec(id, &spec).await?;
-        if output.oom_killed {
-            tracing::warn!(environment = %id, "a process was killed for memory");
-            self.audit(
-                &Origin::default(),
-                "system",
-                "environment.oom_kill",
-                Some(id.to_string()),
-                "ok",
-                Some(format!("while running {:?}", spec.argv[0])),
-            )
-            .await;
-        }
-        Ok(Reply::Exec(output))
+        Ok(environment)
+    }
+
+    /// Records that the kernel killed a process of the environment for memory.
+    pub(super) async fn audit_oom_kill(&self, id: &EnvironmentId, detail: String) {
+        tracing::warn!(environment = %id, "a process was killed for memory");
+        self.audit(
+            &Origin::default(),
+            "system",
+            "environment.oom_kill",
+            Some(id.to_string()),
+            "ok",
+            Some(detail),
+        )
+        .await;
     }
 
     pub(super) fn exec_spec(&self, command: Command) -> Result<ExecSpec, Error> {
@@ -907,29 +921,32 @@ impl Engine {
     }
 
     /// The secrets of a grant's profile that are environment variables, read now.
-    pub(super) async fn grant_env(
+    /// Adds the variables of the environment's grant to a command's: read at each start,
+    /// they take precedence over the caller's.
+    pub(super) async fn add_grant_env(
         &self,
         environment: &Environment,
-    ) -> Result<Vec<(String, crate::access::SecretValue)>, Error> {
+        env: &mut BTreeMap<String, String>,
+    ) -> Result<(), Error> {
         let Some(id) = &environment.access_request else {
-            return Ok(Vec::new());
+            return Ok(());
         };
         let Some(access) = self.store.get_access_request(id).await? else {
-            return Ok(Vec::new());
+            return Ok(());
         };
         let Some(profile) = self.store.get_profile(&access.profile).await? else {
-            return Ok(Vec::new());
+            return Ok(());
         };
-        let mut variables = Vec::new();
         for secret in &profile.secrets {
             if let Some(name) = &secret.env {
-                variables.push((
+                let value = self.read_secret(&profile.name, &secret.source)?;
+                env.insert(
                     name.clone(),
-                    self.read_secret(&profile.name, &secret.source)?,
-                ));
+                    String::from_utf8_lossy(value.expose()).into_owned(),
+                );
             }
         }
-        Ok(variables)
+        Ok(())
     }
 
     fn read_secret(

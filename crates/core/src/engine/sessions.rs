@@ -8,7 +8,7 @@ use crate::action::{Command, Conn, Contents, ListSessions, NewSession, Reply};
 use crate::authz::Resource;
 use crate::error::{Error, Invalid};
 use crate::ids::SessionId;
-use crate::model::{EnvState, Environment, Principal};
+use crate::model::Principal;
 use crate::ports::{ProcessExit, ProcessSpec, RuntimeError, SessionQuery};
 use crate::session::{LiveSession, Session, SessionIo, SessionKind, TerminalSize};
 
@@ -33,24 +33,6 @@ pub struct SessionEnd {
 }
 
 impl Engine {
-    /// The running environment `principal` may reach inside of, with an active grant if it
-    /// was opened under one.
-    async fn load_running(
-        &self,
-        principal: &Principal,
-        id: &crate::ids::EnvironmentId,
-    ) -> Result<Environment, Error> {
-        let environment = self.load_for(principal, id, "environment.exec").await?;
-        if environment.state != EnvState::Running {
-            return Err(Error::Conflict(format!(
-                "the environment is {}, not running",
-                environment.state
-            )));
-        }
-        self.check_grant(&environment).await?;
-        Ok(environment)
-    }
-
     pub(super) async fn start_session(
         &self,
         principal: &Principal,
@@ -84,10 +66,7 @@ impl Engine {
                     ..Command::default()
                 })?;
                 let mut env = checked.env;
-                // A grant's variables are read at each start and take precedence.
-                for (name, value) in self.grant_env(&environment).await? {
-                    env.insert(name, String::from_utf8_lossy(value.expose()).into_owned());
-                }
+                self.add_grant_env(&environment, &mut env).await?;
                 self.note_activity(&environment, false).await?;
                 let spec = ProcessSpec {
                     argv: checked.argv.clone(),
@@ -142,13 +121,9 @@ impl Engine {
         if let Some(exit) = end.exit {
             detail.push_str(&format!(", exit code {}", exit.exit_code));
             if exit.oom_killed {
-                self.audit(
-                    &Origin::default(),
-                    "system",
-                    "environment.oom_kill",
-                    Some(session.environment.to_string()),
-                    "ok",
-                    Some(format!("during session {}", session.id)),
+                self.audit_oom_kill(
+                    &session.environment,
+                    format!("during session {}", session.id),
                 )
                 .await;
             }
