@@ -305,19 +305,7 @@ pub async fn copy(connection: &Connection, source: &str, target: &str) -> Result
                 }
                 use std::os::unix::fs::PermissionsExt;
                 let mode = metadata.permissions().mode() & 0o7777;
-                let stream = futures::stream::unfold(file, |mut file| async move {
-                    use tokio::io::AsyncReadExt;
-                    let mut buffer = vec![0u8; 64 * 1024];
-                    match file.read(&mut buffer).await {
-                        Ok(0) => None,
-                        Ok(n) => {
-                            buffer.truncate(n);
-                            Some((Ok::<_, std::io::Error>(buffer), file))
-                        }
-                        Err(error) => Some((Err(error), file)),
-                    }
-                });
-                (reqwest::Body::wrap_stream(stream), Some(mode))
+                (reqwest::Body::from(file), Some(mode))
             };
             let mut url = format!("/v1/environments/{id}/files?path={}", path_segment(path));
             if let Some(mode) = mode {
