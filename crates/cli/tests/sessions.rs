@@ -83,6 +83,15 @@ async fn listen(socket: &mut Socket, heard: &mut Heard, done: impl Fn(&Heard) ->
     }
 }
 
+/// Opens a session as `api` and waits for its `started` message.
+async fn opened(api: &Api, path: &str) -> (Socket, Heard) {
+    let mut socket = open(api, path).await.expect("the session opens");
+    let mut heard = Heard::default();
+    listen(&mut socket, &mut heard, |heard| !heard.controls.is_empty()).await;
+    assert_eq!(heard.controls[0]["type"], "started", "{:?}", heard.controls);
+    (socket, heard)
+}
+
 async fn type_in(socket: &mut Socket, text: &[u8]) {
     let mut frame = vec![0u8];
     frame.extend_from_slice(text);
@@ -111,9 +120,7 @@ async fn a_terminal_session_types_reads_resizes_interrupts_and_ends_with_its_exi
         .create(json!({ "resources": { "disk_mib": 64 } }))
         .await;
     let path = format!("/v1/environments/{environment}/exec/stream?tty=true&cols=80&rows=24");
-    let mut socket = open(&user, &path).await.expect("the session opens");
-    let mut heard = Heard::default();
-    listen(&mut socket, &mut heard, |heard| !heard.controls.is_empty()).await;
+    let (mut socket, mut heard) = opened(&user, &path).await;
     assert_eq!(heard.controls[0]["type"], "started");
     let session = heard.controls[0]["session_id"].as_str().unwrap().to_owned();
 
@@ -346,9 +353,7 @@ async fn a_streamed_command_keeps_its_streams_apart_takes_stdin_and_signals() {
 
     // A signal reaches the command: SIGINT ends `sleep` with 128 + 2.
     let path = format!("/v1/environments/{environment}/exec/stream?command=sleep&command=600");
-    let mut socket = open(&user, &path).await.expect("opens");
-    let mut heard = Heard::default();
-    listen(&mut socket, &mut heard, |heard| !heard.controls.is_empty()).await;
+    let (mut socket, mut heard) = opened(&user, &path).await;
     let started = Instant::now();
     control(&mut socket, json!({ "type": "signal", "signal": "INT" })).await;
     listen(&mut socket, &mut heard, |heard| heard.exit().is_some()).await;
@@ -360,9 +365,7 @@ async fn a_streamed_command_keeps_its_streams_apart_takes_stdin_and_signals() {
         "/v1/environments/{environment}/exec/stream?command=sh&command=-c&command={}",
         percent("echo $$ > /tmp/pid; exec sleep 600")
     );
-    let mut socket = open(&user, &path).await.expect("opens");
-    let mut heard = Heard::default();
-    listen(&mut socket, &mut heard, |heard| !heard.controls.is_empty()).await;
+    let (socket, _) = opened(&user, &path).await;
     tokio::time::sleep(Duration::from_millis(500)).await;
     drop(socket);
     let gone = wait_until(Duration::from_secs(10), || async {
@@ -936,14 +939,11 @@ async fn sessions_end_with_their_environment_and_with_the_server() {
     let doomed = user
         .create(json!({ "resources": { "disk_mib": 64 } }))
         .await;
-    let mut socket = open(
+    let (mut socket, mut heard) = opened(
         &user,
         &format!("/v1/environments/{doomed}/exec/stream?tty=true"),
     )
-    .await
-    .expect("opens");
-    let mut heard = Heard::default();
-    listen(&mut socket, &mut heard, |heard| !heard.controls.is_empty()).await;
+    .await;
     let first = heard.controls[0]["session_id"].as_str().unwrap().to_owned();
     let (status, _) = user.delete(&format!("/v1/environments/{doomed}")).await;
     assert_eq!(status, StatusCode::NO_CONTENT);
@@ -960,14 +960,11 @@ async fn sessions_end_with_their_environment_and_with_the_server() {
     let environment = user
         .create(json!({ "resources": { "disk_mib": 64 } }))
         .await;
-    let mut socket = open(
+    let (mut socket, mut heard) = opened(
         &user,
         &format!("/v1/environments/{environment}/exec/stream?tty=true"),
     )
-    .await
-    .expect("opens");
-    let mut heard = Heard::default();
-    listen(&mut socket, &mut heard, |heard| !heard.controls.is_empty()).await;
+    .await;
     let second = heard.controls[0]["session_id"].as_str().unwrap().to_owned();
     let status = tokio::task::block_in_place(|| server.terminate(Duration::from_secs(30)));
     assert!(status.success(), "{status}");
@@ -981,14 +978,11 @@ async fn sessions_end_with_their_environment_and_with_the_server() {
     assert!(record["ended_at"].is_string(), "{record}");
 
     // SIGKILL leaves one open; the next start ends its record.
-    let mut socket = open(
+    let (_socket, heard) = opened(
         &user,
         &format!("/v1/environments/{environment}/exec/stream?tty=true"),
     )
-    .await
-    .expect("opens");
-    let mut heard = Heard::default();
-    listen(&mut socket, &mut heard, |heard| !heard.controls.is_empty()).await;
+    .await;
     let third = heard.controls[0]["session_id"].as_str().unwrap().to_owned();
     server.kill();
     server.restart();
@@ -1075,9 +1069,7 @@ async fn bulk_input_and_output_flow_together_and_a_dropped_client_takes_the_whol
         "/v1/environments/{environment}/exec/stream?command=sh&command=-c&command={}",
         percent("setsid sleep 600 & echo $! > /tmp/escapee; wait")
     );
-    let mut socket = open(&user, &path).await.expect("opens");
-    let mut heard = Heard::default();
-    listen(&mut socket, &mut heard, |heard| !heard.controls.is_empty()).await;
+    let (socket, _) = opened(&user, &path).await;
     let started = wait_until(Duration::from_secs(10), || async {
         user.sh(&environment, "test -s /tmp/escapee && echo yes")
             .await["stdout"]
