@@ -543,6 +543,49 @@ async fn commands_report_exit_codes_take_input_and_are_bounded() {
 }
 
 #[tokio::test]
+async fn commands_start_from_the_sandboxs_init_and_without_its_agent_through_the_helper() {
+    if !can_run_sandboxes("agent") {
+        return;
+    }
+    let server = Server::start();
+    let alice = server.user("alice").await;
+    let id = alice.create(json!({})).await;
+    let path = format!("/v1/environments/{id}/exec");
+    let parent = || async {
+        let (status, result) = alice
+            .post(
+                &path,
+                json!({ "command": ["sh", "-c", "grep PPid /proc/$$/status; echo $HOSTNAME"] }),
+            )
+            .await;
+        assert_eq!(status, StatusCode::OK, "{result}");
+        result["stdout"].as_str().unwrap().to_owned()
+    };
+    // The sandbox's init (PID 1) forks the command: it is `sh`'s parent.
+    let name = alice.get(&format!("/v1/environments/{id}")).await.1["name"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert_eq!(parent().await, format!("PPid:\t1\n{name}\n"));
+    // Only the server reaches the agent: its socket is outside the sandbox's root, and the
+    // init's descriptors are closed to the sandbox's processes (non-dumpable PID 1).
+    let socket = server
+        .data_dir
+        .join("runtime/sandboxes")
+        .join(&id)
+        .join("agent.sock");
+    assert!(socket.exists());
+    let (_, inside) = alice
+        .post(&path, json!({ "command": ["sh", "-c", "readlink /proc/1/fd/3 || echo refused; find / -xdev -name agent.sock | wc -l"] }))
+        .await;
+    assert_eq!(inside["stdout"], "refused\n0\n", "{inside}");
+    // A sandbox made before the agent existed has no socket: its commands still run, joined
+    // from outside by the runtime helper (their parent is outside the sandbox's PID namespace).
+    std::fs::remove_file(&socket).unwrap();
+    assert_eq!(parent().await, format!("PPid:\t0\n{name}\n"));
+}
+
+#[tokio::test]
 async fn sandboxes_are_isolated_from_the_host_and_each_other() {
     if !can_run_sandboxes("isolation") {
         return;

@@ -31,6 +31,10 @@ pub const EXEC_ENV_VAR: &str = "AIRLOCK_EXEC_ENV";
 /// The file descriptor on which an exec helper reports its [`ExecStatus`].
 pub const STATUS_FD: i32 = 3;
 
+/// The file descriptor at which a create helper passes the exec agent's listening socket to
+/// the sandbox's init (libcontainer keeps it open through `preserve_fds`).
+pub const AGENT_FD: i32 = 3;
+
 /// The file descriptor on which a session's exec helper reads signals for its command, one
 /// byte (the signal's number) each; at its end (the server hung up) the command is killed.
 pub const CONTROL_FD: i32 = 4;
@@ -50,6 +54,10 @@ pub enum HelperRequest {
         /// (see `mounts::enter_private_view`).
         #[serde(default)]
         view: Option<PathBuf>,
+        /// Where the sandbox's init listens for commands (the exec agent, see
+        /// `init/airlock-init.rs`); outside the sandbox's root.
+        #[serde(default)]
+        agent: Option<PathBuf>,
     },
     /// Run a command in a running sandbox with the helper's stdio; report on fd 3.
     Exec {
@@ -104,9 +112,17 @@ pub fn main(request_json: &str) -> i32 {
             seccomp,
             egress,
             view,
-        } => match private_view(&state_root, view.as_deref(), bundle.parent())
-            .and_then(|()| create(&state_root, &id, &bundle, &seccomp, egress.as_ref()))
-        {
+            agent,
+        } => match private_view(&state_root, view.as_deref(), bundle.parent()).and_then(|()| {
+            create(
+                &state_root,
+                &id,
+                &bundle,
+                &seccomp,
+                egress.as_ref(),
+                agent.as_deref(),
+            )
+        }) {
             Ok(()) => 0,
             Err(error) => {
                 eprintln!("{error}");
@@ -185,8 +201,15 @@ fn create(
     bundle: &Path,
     seccomp: &Path,
     egress: Option<&EgressPlan>,
+    agent: Option<&Path>,
 ) -> Result<(), String> {
     let profile = CompiledProfile::load(seccomp).map_err(|error| error.to_string())?;
+    // The agent's socket becomes fd 3 of this process, which the sandbox's init inherits.
+    let agent = agent
+        .map(|path| {
+            listen_for_agent(path).map_err(|error| format!("the exec agent's socket: {error}"))
+        })
+        .transpose()?;
     let dev_null = || -> Result<OwnedFd, String> {
         File::options()
             .read(true)
@@ -207,6 +230,7 @@ fn create(
         .with_stderr(dev_null()?)
         .validate_id()
         .map_err(|error| format!("container id: {error}"))?
+        .with_preserved_fds(i32::from(agent.is_some()))
         .as_init(bundle)
         .with_systemd(false)
         .with_detach(true)
@@ -231,6 +255,33 @@ fn create(
         return Err(error);
     }
     Ok(())
+}
+
+/// Binds and listens on the agent's socket (replacing one an earlier start left) and puts it
+/// at [`AGENT_FD`], inheritable; returns it, to be kept open until the init has it.
+fn listen_for_agent(path: &Path) -> std::io::Result<OwnedFd> {
+    match fs::remove_file(path) {
+        Err(error) if error.kind() != std::io::ErrorKind::NotFound => return Err(error),
+        _ => {}
+    }
+    let listener = OwnedFd::from(std::os::unix::net::UnixListener::bind(path)?);
+    fs::set_permissions(path, std::os::unix::fs::PermissionsExt::from_mode(0o600))?;
+    if listener.as_raw_fd() == AGENT_FD {
+        // Already there (the lowest free descriptor): only let the init inherit it.
+        nix::fcntl::fcntl(
+            listener.as_raw_fd(),
+            nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::empty()),
+        )?;
+        return Ok(listener);
+    }
+    // SAFETY: dup2 onto a descriptor this process does not otherwise use (0–2 are stdio,
+    // and the socket did not land on 3, so 3 is free); the copy is not close-on-exec.
+    if unsafe { libc::dup2(listener.as_raw_fd(), AGENT_FD) } < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    drop(listener);
+    // SAFETY: dup2 just made AGENT_FD a copy that nothing else owns.
+    Ok(unsafe { OwnedFd::from_raw_fd(AGENT_FD) })
 }
 
 /// A new network namespace starts with `lo` down (libcontainer leaves it so): bring it up

@@ -2,6 +2,7 @@
 //! overlayfs on loop-mounted ext4 layers, cgroups, a precompiled seccomp profile) and a fake
 //! for tests without root.
 
+mod agent;
 mod cgroups;
 mod disk;
 mod enter;

@@ -27,15 +27,17 @@ use airlock_core::ids::{EnvironmentId, Name};
 use airlock_core::model::{ExecOutput, ExecSpec, NetworkMode, Usage};
 use airlock_core::ports::{
     Connection, Process, ProcessSpec, Reader, Remnant, Runtime, RuntimeError, SandboxSpec,
-    SandboxState,
+    SandboxState, Writer,
 };
 use async_trait::async_trait;
 use libcontainer::container::{Container, ContainerStatus};
 use libcontainer::signal::Signal;
 use sha2::{Digest, Sha256};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
+use tokio::net::unix::pipe;
 use tokio::process::Command;
 
+use crate::agent::{self, Agent};
 use crate::cgroups::{self, SandboxCgroup};
 use crate::disk::{self, Disks};
 use crate::enter;
@@ -47,8 +49,9 @@ use crate::image::{self, Image};
 use crate::mounts;
 use crate::network::{self, EgressConfig, EgressPlan};
 use crate::oci::{self, SpecInputs};
+use crate::process_tree;
 use crate::seccomp::CompiledProfile;
-use crate::session::{self, LocalProcess, Terminal};
+use crate::session::{self, AgentProcess, LocalProcess, Terminal};
 
 /// The sandbox init, built by `build.rs`.
 const INIT_BINARY: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/airlock-init"));
@@ -215,6 +218,7 @@ impl LocalRuntime {
             seccomp: self.host.seccomp_path(),
             egress,
             view: self.host.view.clone(),
+            agent: Some(self.host.agent_path(&spec.id)),
         };
         let output = self
             .helper_command(&request)
@@ -294,6 +298,384 @@ impl LocalRuntime {
         }
         Ok(())
     }
+
+    /// Runs a command through the sandbox's exec agent; `None` when it has none.
+    async fn exec_by_agent(
+        &self,
+        id: &EnvironmentId,
+        spec: &ExecSpec,
+    ) -> Result<Option<ExecOutput>, RuntimeError> {
+        let started = Instant::now();
+        let cgroup = self.host.cgroup(id);
+        let oom_kills_before = cgroup.oom_kills();
+        let (env, cwd) = self.command_env(id, &spec.env, spec.cwd.as_deref()).await?;
+        let (stdin_read, stdin_write) = pipe()?;
+        let (stdout_read, stdout_write) = pipe()?;
+        let (stderr_read, stderr_write) = pipe()?;
+        let command = agent::Command {
+            argv: &spec.argv,
+            env: &env,
+            cwd: &cwd,
+            tty: false,
+        };
+        let stdio = [stdin_read, stdout_write, stderr_write];
+        let agent = match Agent::start(&self.host.agent_path(id), &command, stdio).await {
+            Ok(agent) => agent,
+            Err(agent::StartError::NoAgent) => return Ok(None),
+            Err(error) => return Err(start_error(error)),
+        };
+        let mut stdin = pipe::Sender::from_owned_fd(stdin_write)
+            .map_err(|e| failed("opening the command's stdin", e))?;
+        let input = spec.stdin.clone();
+        let writer = tokio::spawn(async move {
+            let _ = stdin.write_all(&input).await;
+        });
+        let receiver = |fd| {
+            pipe::Receiver::from_owned_fd(fd).map_err(|e| failed("opening the command's output", e))
+        };
+        let stdout = capture(receiver(stdout_read)?, spec.output_limit);
+        let stderr = capture(receiver(stderr_read)?, spec.output_limit);
+        let (exit_code, timed_out) = match tokio::time::timeout(spec.timeout, agent.wait()).await {
+            Ok(exit) => (exit.map_err(|e| failed("running the command", e))?, false),
+            Err(_elapsed) => {
+                let _ = agent.kill();
+                let exit = tokio::time::timeout(process_tree::DEATH_TIMEOUT, agent.wait())
+                    .await
+                    .map_err(|_| RuntimeError::Failed("a timed-out command did not die".into()))?
+                    .map_err(|e| failed("running the command", e))?;
+                (exit, true)
+            }
+        };
+        writer.abort();
+        let (stdout, out_truncated) = finish_capture(stdout).await;
+        let (stderr, err_truncated) = finish_capture(stderr).await;
+        Ok(Some(ExecOutput {
+            exit_code,
+            stdout,
+            stderr,
+            truncated: out_truncated || err_truncated,
+            timed_out,
+            oom_killed: cgroup.oom_kills() > oom_kills_before,
+            duration: started.elapsed(),
+        }))
+    }
+
+    /// Starts a session's command through the sandbox's exec agent; `None` when it has none.
+    async fn spawn_by_agent(
+        &self,
+        id: &EnvironmentId,
+        spec: &ProcessSpec,
+    ) -> Result<Option<Process>, RuntimeError> {
+        let cgroup = self.host.cgroup(id);
+        let oom_kills_before = cgroup.oom_kills();
+        let mut extra = spec.env.clone();
+        if spec.tty.is_some() {
+            extra
+                .entry("TERM".into())
+                .or_insert_with(|| "xterm-256color".into());
+        }
+        let (env, cwd) = self.command_env(id, &extra, spec.cwd.as_deref()).await?;
+        let command = agent::Command {
+            argv: &spec.argv,
+            env: &env,
+            cwd: &cwd,
+            tty: spec.tty.is_some(),
+        };
+        let path = self.host.agent_path(id);
+        let started = match spec.tty {
+            Some(size) => {
+                let (master, slave) =
+                    session::open_terminal(size).map_err(|e| failed("opening a terminal", e))?;
+                let copy = || {
+                    slave
+                        .try_clone()
+                        .map_err(|e| failed("opening a terminal", e))
+                };
+                let stdio = [copy()?, copy()?, slave];
+                Agent::start(&path, &command, stdio).await.map(|agent| {
+                    let terminal = Terminal::new(master);
+                    (agent, None, terminal.map(Some))
+                })
+            }
+            None => {
+                let (stdin_read, stdin_write) = pipe()?;
+                let (stdout_read, stdout_write) = pipe()?;
+                let (stderr_read, stderr_write) = pipe()?;
+                let stdio = [stdin_read, stdout_write, stderr_write];
+                Agent::start(&path, &command, stdio).await.map(|agent| {
+                    (
+                        agent,
+                        Some((stdin_write, stdout_read, stderr_read)),
+                        Ok(None),
+                    )
+                })
+            }
+        };
+        let (agent, pipes, terminal) = match started {
+            Ok(started) => started,
+            Err(agent::StartError::NoAgent) => return Ok(None),
+            Err(error) => return Err(start_error(error)),
+        };
+        let terminal = terminal.map_err(|e| failed("opening a terminal", e))?;
+        let (stdin, stdout, stderr): (Writer, Reader, Option<Reader>) = match (&terminal, pipes) {
+            (Some(terminal), _) => (Box::pin(terminal.clone()), Box::pin(terminal.clone()), None),
+            (None, Some((stdin, stdout, stderr))) => {
+                let io = |e| failed("opening the command's streams", e);
+                (
+                    Box::pin(pipe::Sender::from_owned_fd(stdin).map_err(io)?),
+                    Box::pin(pipe::Receiver::from_owned_fd(stdout).map_err(io)?),
+                    Some(Box::pin(pipe::Receiver::from_owned_fd(stderr).map_err(io)?)),
+                )
+            }
+            (None, None) => unreachable!("a command without a terminal has pipes"),
+        };
+        Ok(Some(Process {
+            stdin,
+            stdout,
+            stderr,
+            control: Arc::new(AgentProcess {
+                agent,
+                terminal,
+                cgroup,
+                oom_kills_before,
+            }),
+        }))
+    }
+
+    /// A command's variables and working directory: the sandbox's baseline from its bundle
+    /// (`HOSTNAME` follows a rename) with `extra` on top, and `cwd` or the bundle's.
+    async fn command_env(
+        &self,
+        id: &EnvironmentId,
+        extra: &std::collections::BTreeMap<String, String>,
+        cwd: Option<&str>,
+    ) -> Result<(Vec<String>, String), RuntimeError> {
+        let id = id.clone();
+        let (baseline, default_cwd) = self
+            .blocking(move |host| {
+                let path = host.sandbox_dir(&id).join("bundle/config.json");
+                let text = match fs::read(&path) {
+                    Ok(text) => text,
+                    Err(error) if error.kind() == std::io::ErrorKind::NotFound => {
+                        return Err(RuntimeError::NotRunning);
+                    }
+                    Err(error) => return Err(failed("reading the bundle", error)),
+                };
+                let config: serde_json::Value =
+                    serde_json::from_slice(&text).map_err(|e| failed("reading the bundle", e))?;
+                let env = config["process"]["env"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .filter_map(|variable| variable.as_str().map(str::to_owned))
+                    .collect::<Vec<_>>();
+                let cwd = config["process"]["cwd"].as_str().unwrap_or("/").to_owned();
+                Ok((env, cwd))
+            })
+            .await?;
+        Ok((
+            agent::merge_env(&baseline, extra),
+            cwd.map_or(default_cwd, str::to_owned),
+        ))
+    }
+
+    /// Runs a command through the runtime helper (sandboxes without an agent).
+    async fn exec_by_helper(
+        &self,
+        id: &EnvironmentId,
+        spec: &ExecSpec,
+    ) -> Result<ExecOutput, RuntimeError> {
+        let started = Instant::now();
+        let cgroup = self.host.cgroup(id);
+        let oom_kills_before = cgroup.oom_kills();
+        let request = HelperRequest::Exec {
+            state_root: self.host.state_root(),
+            id: id.to_string(),
+            seccomp: self.host.seccomp_path(),
+            argv: spec.argv.clone(),
+            // Passed in the helper's environment instead: see `EXEC_ENV_VAR`.
+            env: HashMap::new(),
+            cwd: spec.cwd.as_ref().map(PathBuf::from),
+            timeout_ms: Some(spec.timeout.as_millis() as u64),
+            tty: false,
+            control: false,
+            view: self.host.view.clone(),
+        };
+        let (status_read, status_write) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)
+            .map_err(|e| failed("creating a pipe", e))?;
+        let status_write_fd = status_write.as_raw_fd();
+        let mut command = self.helper_command(&request);
+        command
+            .env(
+                EXEC_ENV_VAR,
+                serde_json::to_string(&spec.env).expect("variables serialize"),
+            )
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        // SAFETY: between fork and exec only dup2, which is async-signal-safe, runs; it makes
+        // the status pipe the child's fd 3 (dup2 clears close-on-exec on the copy).
+        unsafe {
+            command.pre_exec(move || {
+                if libc::dup2(status_write_fd, STATUS_FD) < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        let mut child = command
+            .spawn()
+            .map_err(|e| failed("running the runtime helper", e))?;
+        drop(status_write);
+
+        let mut stdin = child.stdin.take().expect("piped stdin");
+        let input = spec.stdin.clone();
+        let writer = tokio::spawn(async move {
+            let _ = stdin.write_all(&input).await;
+        });
+        let limit = spec.output_limit;
+        let stdout = capture(child.stdout.take().expect("piped stdout"), limit);
+        let stderr = capture(child.stderr.take().expect("piped stderr"), limit);
+
+        // The helper enforces the timeout itself; this bound only guards against a stuck helper.
+        let guard = spec.timeout + Duration::from_secs(30);
+        let exited = tokio::time::timeout(guard, child.wait()).await;
+        writer.abort();
+        if exited.is_err() {
+            let _ = child.kill().await;
+            return Err(RuntimeError::Failed(
+                "the runtime helper did not finish".into(),
+            ));
+        }
+        let mut status_pipe = std::fs::File::from(status_read);
+        let mut status_text = Vec::new();
+        status_pipe
+            .read_to_end(&mut status_text)
+            .map_err(|e| failed("reading the exec status", e))?;
+        let status: ExecStatus = serde_json::from_slice(&status_text)
+            .map_err(|_| RuntimeError::Failed("the runtime helper reported nothing".into()))?;
+        if let Some(error) = status.error {
+            return Err(if error.contains("not running") {
+                RuntimeError::NotRunning
+            } else {
+                RuntimeError::Failed(error)
+            });
+        }
+        let (stdout, out_truncated) = finish_capture(stdout).await;
+        let (stderr, err_truncated) = finish_capture(stderr).await;
+        Ok(ExecOutput {
+            exit_code: status.exit_code,
+            stdout,
+            stderr,
+            truncated: out_truncated || err_truncated,
+            timed_out: status.timed_out,
+            oom_killed: cgroup.oom_kills() > oom_kills_before,
+            duration: started.elapsed(),
+        })
+    }
+
+    /// Runs a session's command through the runtime helper (sandboxes without an agent).
+    async fn spawn_by_helper(
+        &self,
+        id: &EnvironmentId,
+        spec: &ProcessSpec,
+    ) -> Result<Process, RuntimeError> {
+        let cgroup = self.host.cgroup(id);
+        let oom_kills_before = cgroup.oom_kills();
+        let mut env = spec.env.clone();
+        if spec.tty.is_some() {
+            env.entry("TERM".into())
+                .or_insert_with(|| "xterm-256color".into());
+        }
+        let request = HelperRequest::Exec {
+            state_root: self.host.state_root(),
+            id: id.to_string(),
+            seccomp: self.host.seccomp_path(),
+            argv: spec.argv.clone(),
+            env: HashMap::new(),
+            cwd: spec.cwd.as_ref().map(PathBuf::from),
+            timeout_ms: None,
+            tty: spec.tty.is_some(),
+            control: true,
+            view: self.host.view.clone(),
+        };
+        let pipe = || nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC);
+        let (status_read, status_write) = pipe().map_err(|e| failed("creating a pipe", e))?;
+        let (control_read, control_write) = pipe().map_err(|e| failed("creating a pipe", e))?;
+        let (status_fd, control_fd) = (status_write.as_raw_fd(), control_read.as_raw_fd());
+        let mut command = self.helper_command(&request);
+        command
+            .env(
+                EXEC_ENV_VAR,
+                serde_json::to_string(&env).expect("variables serialize"),
+            )
+            // The helper must outlive a dropped session long enough to kill the command: it
+            // does so when the control pipe closes.
+            .kill_on_drop(false);
+        let terminal = match spec.tty {
+            Some(size) => {
+                let (master, slave) =
+                    session::open_terminal(size).map_err(|e| failed("opening a terminal", e))?;
+                let copy = |fd: &std::os::fd::OwnedFd| {
+                    fd.try_clone()
+                        .map(Stdio::from)
+                        .map_err(|e| failed("opening a terminal", e))
+                };
+                command
+                    .stdin(copy(&slave)?)
+                    .stdout(copy(&slave)?)
+                    .stderr(Stdio::from(slave));
+                Some(Terminal::new(master).map_err(|e| failed("opening a terminal", e))?)
+            }
+            None => {
+                command
+                    .stdin(Stdio::piped())
+                    .stdout(Stdio::piped())
+                    .stderr(Stdio::piped());
+                None
+            }
+        };
+        // SAFETY: between fork and exec only dup2, which is async-signal-safe, runs; it makes
+        // the status pipe fd 3 and the control pipe fd 4 (dup2 clears close-on-exec).
+        unsafe {
+            command.pre_exec(move || {
+                if libc::dup2(status_fd, STATUS_FD) < 0 || libc::dup2(control_fd, CONTROL_FD) < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        let mut helper = command
+            .spawn()
+            .map_err(|e| failed("running the runtime helper", e))?;
+        drop((status_write, control_read));
+        let (stdin, stdout, stderr): (_, Reader, _) = match &terminal {
+            Some(terminal) => (
+                Box::pin(terminal.clone()) as airlock_core::ports::Writer,
+                Box::pin(terminal.clone()),
+                None,
+            ),
+            None => (
+                Box::pin(helper.stdin.take().expect("piped stdin")) as airlock_core::ports::Writer,
+                Box::pin(helper.stdout.take().expect("piped stdout")),
+                Some(Box::pin(helper.stderr.take().expect("piped stderr")) as Reader),
+            ),
+        };
+        Ok(Process {
+            stdin,
+            stdout,
+            stderr,
+            control: Arc::new(LocalProcess {
+                helper: tokio::sync::Mutex::new(helper),
+                status: std::sync::Mutex::new(Some(status_read)),
+                control: std::fs::File::from(control_write),
+                terminal,
+                cgroup,
+                oom_kills_before,
+                exit: std::sync::Mutex::new(None),
+            }),
+        })
+    }
 }
 
 impl Host {
@@ -317,6 +699,11 @@ impl Host {
 
     fn state_root(&self) -> PathBuf {
         self.root.join("state")
+    }
+
+    /// Where the sandbox's init listens for commands (see `agent.rs`).
+    fn agent_path(&self, id: &EnvironmentId) -> PathBuf {
+        self.sandbox_dir(id).join("agent.sock")
     }
 
     fn seccomp_path(&self) -> PathBuf {
@@ -603,93 +990,17 @@ impl Runtime for LocalRuntime {
     }
 
     async fn exec(&self, id: &EnvironmentId, spec: &ExecSpec) -> Result<ExecOutput, RuntimeError> {
-        let started = Instant::now();
-        let cgroup = self.host.cgroup(id);
-        let oom_kills_before = cgroup.oom_kills();
-        let request = HelperRequest::Exec {
-            state_root: self.host.state_root(),
-            id: id.to_string(),
-            seccomp: self.host.seccomp_path(),
-            argv: spec.argv.clone(),
-            // Passed in the helper's environment instead: see `EXEC_ENV_VAR`.
-            env: HashMap::new(),
-            cwd: spec.cwd.as_ref().map(PathBuf::from),
-            timeout_ms: Some(spec.timeout.as_millis() as u64),
-            tty: false,
-            control: false,
-            view: self.host.view.clone(),
-        };
-        let (status_read, status_write) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)
-            .map_err(|e| failed("creating a pipe", e))?;
-        let status_write_fd = status_write.as_raw_fd();
-        let mut command = self.helper_command(&request);
-        command
-            .env(
-                EXEC_ENV_VAR,
-                serde_json::to_string(&spec.env).expect("variables serialize"),
-            )
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
-        // SAFETY: between fork and exec only dup2, which is async-signal-safe, runs; it makes
-        // the status pipe the child's fd 3 (dup2 clears close-on-exec on the copy).
-        unsafe {
-            command.pre_exec(move || {
-                if libc::dup2(status_write_fd, STATUS_FD) < 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
-                Ok(())
-            });
+        match self.exec_by_agent(id, spec).await? {
+            Some(output) => Ok(output),
+            None => self.exec_by_helper(id, spec).await,
         }
-        let mut child = command
-            .spawn()
-            .map_err(|e| failed("running the runtime helper", e))?;
-        drop(status_write);
+    }
 
-        let mut stdin = child.stdin.take().expect("piped stdin");
-        let input = spec.stdin.clone();
-        let writer = tokio::spawn(async move {
-            let _ = stdin.write_all(&input).await;
-        });
-        let limit = spec.output_limit;
-        let stdout = capture(child.stdout.take().expect("piped stdout"), limit);
-        let stderr = capture(child.stderr.take().expect("piped stderr"), limit);
-
-        // The helper enforces the timeout itself; this bound only guards against a stuck helper.
-        let guard = spec.timeout + Duration::from_secs(30);
-        let exited = tokio::time::timeout(guard, child.wait()).await;
-        writer.abort();
-        if exited.is_err() {
-            let _ = child.kill().await;
-            return Err(RuntimeError::Failed(
-                "the runtime helper did not finish".into(),
-            ));
+    async fn spawn(&self, id: &EnvironmentId, spec: &ProcessSpec) -> Result<Process, RuntimeError> {
+        match self.spawn_by_agent(id, spec).await? {
+            Some(process) => Ok(process),
+            None => self.spawn_by_helper(id, spec).await,
         }
-        let mut status_pipe = std::fs::File::from(status_read);
-        let mut status_text = Vec::new();
-        status_pipe
-            .read_to_end(&mut status_text)
-            .map_err(|e| failed("reading the exec status", e))?;
-        let status: ExecStatus = serde_json::from_slice(&status_text)
-            .map_err(|_| RuntimeError::Failed("the runtime helper reported nothing".into()))?;
-        if let Some(error) = status.error {
-            return Err(if error.contains("not running") {
-                RuntimeError::NotRunning
-            } else {
-                RuntimeError::Failed(error)
-            });
-        }
-        let (stdout, out_truncated) = finish_capture(stdout).await;
-        let (stderr, err_truncated) = finish_capture(stderr).await;
-        Ok(ExecOutput {
-            exit_code: status.exit_code,
-            stdout,
-            stderr,
-            truncated: out_truncated || err_truncated,
-            timed_out: status.timed_out,
-            oom_killed: cgroup.oom_kills() > oom_kills_before,
-            duration: started.elapsed(),
-        })
     }
 
     async fn rename(&self, id: &EnvironmentId, hostname: &Name) -> Result<(), RuntimeError> {
@@ -721,104 +1032,6 @@ impl Runtime for LocalRuntime {
             .map_err(|e| failed("writing the bundle", e))
         })
         .await
-    }
-
-    async fn spawn(&self, id: &EnvironmentId, spec: &ProcessSpec) -> Result<Process, RuntimeError> {
-        let cgroup = self.host.cgroup(id);
-        let oom_kills_before = cgroup.oom_kills();
-        let mut env = spec.env.clone();
-        if spec.tty.is_some() {
-            env.entry("TERM".into())
-                .or_insert_with(|| "xterm-256color".into());
-        }
-        let request = HelperRequest::Exec {
-            state_root: self.host.state_root(),
-            id: id.to_string(),
-            seccomp: self.host.seccomp_path(),
-            argv: spec.argv.clone(),
-            env: HashMap::new(),
-            cwd: spec.cwd.as_ref().map(PathBuf::from),
-            timeout_ms: None,
-            tty: spec.tty.is_some(),
-            control: true,
-            view: self.host.view.clone(),
-        };
-        let pipe = || nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC);
-        let (status_read, status_write) = pipe().map_err(|e| failed("creating a pipe", e))?;
-        let (control_read, control_write) = pipe().map_err(|e| failed("creating a pipe", e))?;
-        let (status_fd, control_fd) = (status_write.as_raw_fd(), control_read.as_raw_fd());
-        let mut command = self.helper_command(&request);
-        command
-            .env(
-                EXEC_ENV_VAR,
-                serde_json::to_string(&env).expect("variables serialize"),
-            )
-            // The helper must outlive a dropped session long enough to kill the command: it
-            // does so when the control pipe closes.
-            .kill_on_drop(false);
-        let terminal = match spec.tty {
-            Some(size) => {
-                let (master, slave) =
-                    session::open_terminal(size).map_err(|e| failed("opening a terminal", e))?;
-                let copy = |fd: &std::os::fd::OwnedFd| {
-                    fd.try_clone()
-                        .map(Stdio::from)
-                        .map_err(|e| failed("opening a terminal", e))
-                };
-                command
-                    .stdin(copy(&slave)?)
-                    .stdout(copy(&slave)?)
-                    .stderr(Stdio::from(slave));
-                Some(Terminal::new(master).map_err(|e| failed("opening a terminal", e))?)
-            }
-            None => {
-                command
-                    .stdin(Stdio::piped())
-                    .stdout(Stdio::piped())
-                    .stderr(Stdio::piped());
-                None
-            }
-        };
-        // SAFETY: between fork and exec only dup2, which is async-signal-safe, runs; it makes
-        // the status pipe fd 3 and the control pipe fd 4 (dup2 clears close-on-exec).
-        unsafe {
-            command.pre_exec(move || {
-                if libc::dup2(status_fd, STATUS_FD) < 0 || libc::dup2(control_fd, CONTROL_FD) < 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
-                Ok(())
-            });
-        }
-        let mut helper = command
-            .spawn()
-            .map_err(|e| failed("running the runtime helper", e))?;
-        drop((status_write, control_read));
-        let (stdin, stdout, stderr): (_, Reader, _) = match &terminal {
-            Some(terminal) => (
-                Box::pin(terminal.clone()) as airlock_core::ports::Writer,
-                Box::pin(terminal.clone()),
-                None,
-            ),
-            None => (
-                Box::pin(helper.stdin.take().expect("piped stdin")) as airlock_core::ports::Writer,
-                Box::pin(helper.stdout.take().expect("piped stdout")),
-                Some(Box::pin(helper.stderr.take().expect("piped stderr")) as Reader),
-            ),
-        };
-        Ok(Process {
-            stdin,
-            stdout,
-            stderr,
-            control: Arc::new(LocalProcess {
-                helper: tokio::sync::Mutex::new(helper),
-                status: std::sync::Mutex::new(Some(status_read)),
-                control: std::fs::File::from(control_write),
-                terminal,
-                cgroup,
-                oom_kills_before,
-                exit: std::sync::Mutex::new(None),
-            }),
-        })
     }
 
     async fn connect(
@@ -994,6 +1207,19 @@ async fn finish_capture(
         abort.abort();
     }
     std::mem::take(&mut *captured.lock().expect("capture lock"))
+}
+
+/// A pipe whose ends are both close-on-exec (one end goes to a command through the agent).
+fn pipe() -> Result<(std::os::fd::OwnedFd, std::os::fd::OwnedFd), RuntimeError> {
+    nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|e| failed("creating a pipe", e))
+}
+
+fn start_error(error: agent::StartError) -> RuntimeError {
+    match error {
+        agent::StartError::NoAgent | agent::StartError::NotRunning => RuntimeError::NotRunning,
+        agent::StartError::Invalid(why) => RuntimeError::Failed(why.into()),
+        agent::StartError::Io(error) => failed("reaching the sandbox's init", error),
+    }
 }
 
 fn path_error(error: files::PathError) -> RuntimeError {

@@ -133,7 +133,47 @@ fn fd_as_file(fd: &OwnedFd) -> File {
     unsafe { File::from_raw_fd(fd.as_raw_fd()) }
 }
 
-/// The helper running a session's command.
+/// A session's command started by the sandbox's exec agent.
+pub struct AgentProcess {
+    pub(crate) agent: crate::agent::Agent,
+    pub(crate) terminal: Option<Terminal>,
+    pub(crate) cgroup: SandboxCgroup,
+    pub(crate) oom_kills_before: u64,
+}
+
+#[async_trait]
+impl ProcessControl for AgentProcess {
+    fn resize(&self, size: TerminalSize) -> Result<(), RuntimeError> {
+        resize(self.terminal.as_ref(), size)
+    }
+
+    fn signal(&self, signal: Signal) -> Result<(), RuntimeError> {
+        self.agent
+            .signal(signal.number() as u8)
+            .map_err(|error| RuntimeError::Failed(format!("signalling the command: {error}")))
+    }
+
+    async fn wait(&self) -> Result<ProcessExit, RuntimeError> {
+        let exit_code =
+            self.agent.wait().await.map_err(|error| {
+                RuntimeError::Failed(format!("waiting for the command: {error}"))
+            })?;
+        Ok(ProcessExit {
+            exit_code,
+            oom_killed: self.cgroup.oom_kills() > self.oom_kills_before,
+        })
+    }
+}
+
+fn resize(terminal: Option<&Terminal>, size: TerminalSize) -> Result<(), RuntimeError> {
+    match terminal {
+        Some(terminal) => set_size(terminal.0.get_ref(), size)
+            .map_err(|error| RuntimeError::Failed(format!("resizing the terminal: {error}"))),
+        None => Ok(()),
+    }
+}
+
+/// The helper running a session's command (a sandbox without an exec agent).
 pub struct LocalProcess {
     pub(crate) helper: tokio::sync::Mutex<tokio::process::Child>,
     pub(crate) status: std::sync::Mutex<Option<OwnedFd>>,
@@ -148,11 +188,7 @@ pub struct LocalProcess {
 #[async_trait]
 impl ProcessControl for LocalProcess {
     fn resize(&self, size: TerminalSize) -> Result<(), RuntimeError> {
-        match &self.terminal {
-            Some(terminal) => set_size(terminal.0.get_ref(), size)
-                .map_err(|error| RuntimeError::Failed(format!("resizing the terminal: {error}"))),
-            None => Ok(()),
-        }
+        resize(self.terminal.as_ref(), size)
     }
 
     fn signal(&self, signal: Signal) -> Result<(), RuntimeError> {

@@ -135,7 +135,7 @@ impl Engine {
             {
                 Ok(Claimed::Taken(environment)) => {
                     tracing::debug!(environment = %environment.id, "served from the warm pool");
-                    self.pool_refill.notify_one();
+                    self.pool_claimed();
                     // The sandbox was made under the pool's name; it takes the environment's.
                     if let Err(error) = self
                         .runtime

@@ -77,6 +77,8 @@ pub struct Engine {
     pool_owner: std::sync::OnceLock<UserId>,
     /// Woken when a claim took a warm sandbox, so the pool is refilled at once.
     pool_refill: tokio::sync::Notify,
+    /// When a claim last took a warm sandbox: refills wait while claims keep coming.
+    pool_last_claim: std::sync::Mutex<Option<tokio::time::Instant>>,
     /// Told of every audit event once it is appended.
     observers: Vec<Arc<dyn AuditObserver>>,
     /// Appends audit events to the chain, in batches.
@@ -106,6 +108,7 @@ impl Engine {
             rate_limiter: RateLimiter::default(),
             pool_owner: std::sync::OnceLock::new(),
             pool_refill: tokio::sync::Notify::new(),
+            pool_last_claim: std::sync::Mutex::new(None),
             observers: Vec::new(),
             audit_writer: audit::AuditWriter::default(),
         }

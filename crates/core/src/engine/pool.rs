@@ -1,7 +1,8 @@
 //! The warm pool: sandboxes of the default shape made ahead of demand, owned by a system user
 //! (`warm-pool`, who cannot sign in), handed over whole to a create of that shape, and made
 //! again in the background, in the admission queue's lowest class so they never delay a
-//! create someone waits for.
+//! create someone waits for — and not while claims keep coming: making a sandbox takes tens
+//! of milliseconds of CPU, which a burst being served from the pool needs more.
 
 use super::{Engine, Origin, environments::generated_name, environments::sandbox_spec};
 use crate::admission::Priority;
@@ -9,6 +10,9 @@ use crate::error::Error;
 use crate::ids::{EnvironmentId, Name, UserId};
 use crate::model::{EnvState, Environment, NetworkMode, User};
 use crate::ports::{Ceilings, EnvironmentQuery, Inserted, StoreError};
+
+/// How long no claim must have come before the pool makes its next sandbox.
+const QUIET_BEFORE_REFILL: std::time::Duration = std::time::Duration::from_millis(100);
 
 /// How the pool's owner is found again at each start.
 const POOL_OWNER: &str = "airlock warm-pool";
@@ -63,6 +67,27 @@ impl Engine {
             .flatten()
     }
 
+    /// Notes that a claim took a warm sandbox, and wakes the refill loop.
+    pub(super) fn pool_claimed(&self) {
+        *self.pool_last_claim.lock().expect("pool lock") = Some(tokio::time::Instant::now());
+        self.pool_refill.notify_one();
+    }
+
+    /// Waits until no claim has come for [`QUIET_BEFORE_REFILL`]. A burst that empties the
+    /// pool ends its claims, so this never waits for long once nothing is left to claim.
+    async fn until_claims_pause(&self) {
+        loop {
+            let last = *self.pool_last_claim.lock().expect("pool lock");
+            let Some(quiet_at) = last.map(|last| last + QUIET_BEFORE_REFILL) else {
+                return;
+            };
+            if tokio::time::Instant::now() >= quiet_at {
+                return;
+            }
+            tokio::time::sleep_until(quiet_at).await;
+        }
+    }
+
     /// Waits until a claim took a warm sandbox (or `timeout` passes): the refill loop's tick.
     pub async fn pool_drained(&self, timeout: std::time::Duration) {
         let _ = tokio::time::timeout(timeout, self.pool_refill.notified()).await;
@@ -91,6 +116,7 @@ impl Engine {
             }
         }
         for _ in warm.len()..target {
+            self.until_claims_pause().await;
             let Ok(_turn) = self.admission.admit("warm-pool", Priority::Batch).await else {
                 report.stopped = Some("the create queue is full".into());
                 break;
