@@ -32,7 +32,7 @@ use anyhow::{Context, Result, bail};
 use futures::future::join_all;
 use serde_json::{Value, json};
 
-use crate::airlock::{Airlock, Server};
+use crate::airlock::{Airlock, Server, UNLIMITED_RATE};
 use crate::host;
 use crate::http::{Client, Response};
 use crate::memory::{self, HostMemory, ProcessMemory};
@@ -44,9 +44,6 @@ use crate::stats::{Report, Samples, Summary};
 /// network.
 const MEMORY_MIB: u64 = 32;
 const DISK_MIB: u64 = 64;
-
-/// The per-principal rate limit of the unthrottled runs: high enough never to refuse.
-const UNLIMITED_RATE: &str = "100000/s:100000";
 
 /// Live environments the airlock server may hold in these runs (its default is 2,000).
 const CAPACITY: usize = 5000;

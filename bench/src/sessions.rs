@@ -41,10 +41,6 @@ const COMPAT: &str = "/v1.41";
 /// gives up.
 const STEP_DEADLINE: Duration = Duration::from_secs(60);
 
-/// airlock's per-principal rate limit in this scenario: high enough never to refuse (the
-/// default, 50/s with a burst of 200, could refuse a few hundred quick opens).
-const UNLIMITED_RATE: &str = "100000/s:100000";
-
 /// How much of the sessions scenario to run.
 #[derive(Debug, Clone)]
 pub struct SessionPlan {
@@ -665,8 +661,7 @@ pub async fn measure_airlock(
 ) -> Result<()> {
     let data_dir = scratch.join("airlock-s");
     let log = scratch.join("airlock-sessions.log");
-    let flags = ["--rate-limit".to_owned(), UNLIMITED_RATE.to_owned()];
-    let server = Server::start_with(binary, &data_dir, &log, &flags).await?;
+    let server = Server::start(binary, &data_dir, &log).await?;
     eprintln!("[airlock] sessions: server on {}", server.address);
     let api = server.api();
     let measured = crate::interruptible(async {

@@ -390,6 +390,10 @@ pub struct CreateToken {
     /// A label to recognise the token by.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub description: Option<String>,
+    /// A rate limit of the token's own, `N/s`, `N/m` or `N/h` with an optional `:BURST`,
+    /// applied on top of its user's (so it can only narrow it): e.g. `2/s:10` for a CI job.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rate_limit: Option<String>,
 }
 
 /// A token as listed: never the secret.
@@ -408,6 +412,9 @@ pub struct Token {
     /// When it last authenticated a request (to the minute).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_used_at: Option<DateTime<Utc>>,
+    /// Its own rate limit (`N/s:BURST`), on top of its user's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rate_limit: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]

@@ -152,6 +152,10 @@ pub enum TokenCommand {
         expires_in: Option<u64>,
         #[arg(long)]
         description: Option<String>,
+        /// A rate limit of the token's own on top of its user's, e.g. `2/s:10` (N/s, N/m
+        /// or N/h, optional :BURST).
+        #[arg(long)]
+        rate_limit: Option<String>,
     },
     /// Revoke a token at once.
     Revoke { id: String },
@@ -462,12 +466,14 @@ pub async fn token(connection: &Connection, command: TokenCommand) -> Result<i32
             scopes,
             expires_in,
             description,
+            rate_limit,
         } => {
             let request = api::CreateToken {
                 user_id: user,
                 scopes: (!scopes.is_empty()).then_some(scopes),
                 expires_in_seconds: expires_in,
                 description,
+                rate_limit,
             };
             let issued: api::IssuedToken = client
                 .send(Method::POST, "/v1/tokens", Some(&request), &[])

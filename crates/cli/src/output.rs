@@ -78,6 +78,7 @@ pub fn print_tokens(tokens: &[api::Token]) {
                 token.last_used_at.map_or_else(|| "never".into(), time),
                 token.expires_at.map_or_else(|| "never".into(), time),
                 token.revoked_at.map_or_else(|| "-".into(), time),
+                token.rate_limit.clone().unwrap_or_else(|| "-".into()),
                 token.description.clone().unwrap_or_default(),
             ]
         })
@@ -90,6 +91,7 @@ pub fn print_tokens(tokens: &[api::Token]) {
             "LAST USED",
             "EXPIRES",
             "REVOKED",
+            "RATE LIMIT",
             "DESCRIPTION",
         ],
         rows,

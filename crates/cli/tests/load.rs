@@ -272,3 +272,69 @@ async fn a_warm_pool_serves_creates_of_its_shape_and_refills() {
     assert_eq!(status, StatusCode::NOT_FOUND);
     tokio::task::block_in_place(|| wait_for_sandboxes(3));
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_tokens_own_rate_limit_narrows_its_users_and_more_tokens_do_not_widen_it() {
+    if !can_run_sandboxes("a_tokens_own_rate_limit_narrows_its_users") {
+        return;
+    }
+    let server = Server::start_with(&["--rate-limit", "5/s:5"]);
+    let (bot, _) = server
+        .user_with("bot", &["ci"], &[], &["read", "write"])
+        .await;
+    async fn issue(server: &Server, bot: &common::Api, rate: &str) -> common::Api {
+        let body = serde_json::json!({ "rate_limit": rate, "description": rate });
+        let (status, issued) = bot.post("/v1/tokens", body).await;
+        assert_eq!(status, StatusCode::CREATED, "{issued}");
+        assert_eq!(issued["rate_limit"], rate, "{issued}");
+        server.client(issued["token"].as_str().unwrap())
+    }
+    let slow = issue(&server, &bot, "2/s:2").await;
+    let wide = issue(&server, &bot, "1000/s:1000").await;
+    let (status, problem) = bot
+        .post("/v1/tokens", serde_json::json!({ "rate_limit": "fast" }))
+        .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{problem}");
+    assert!(
+        problem["detail"].as_str().unwrap().contains("rate_limit"),
+        "{problem}"
+    );
+    // The calls above drew on the user's 5/s:5 too: let it fill again.
+    tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
+
+    let served = |api: common::Api, calls: usize| async move {
+        let mut ok = 0;
+        for _ in 0..calls {
+            match api.get("/v1/environments").await.0 {
+                StatusCode::OK => ok += 1,
+                StatusCode::TOO_MANY_REQUESTS => {}
+                other => panic!("unexpected {other}"),
+            }
+        }
+        ok
+    };
+    // Its own 2 a second: the burst of 2 passes, then refusals (a third may pass if the
+    // calls take over half a second).
+    let ok = served(slow, 6).await;
+    assert!((2..=3).contains(&ok), "{ok} of 6 allowed at 2/s:2");
+    // A token claiming 1000 a second still counts against its user's 5/s:5, which the slow
+    // token's calls have already drawn on.
+    let ok = served(wide, 12).await;
+    assert!(
+        (1..=6).contains(&ok),
+        "{ok} of 12 allowed under the user's 5/s:5"
+    );
+
+    // The token list shows each token's own limit (once the user's rate allows a call).
+    tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
+    let (status, tokens) = bot.get("/v1/tokens").await;
+    assert_eq!(status, StatusCode::OK, "{tokens}");
+    let mut limits: Vec<_> = tokens["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|token| token["rate_limit"].as_str())
+        .collect();
+    limits.sort();
+    assert_eq!(limits, ["1000/s:1000", "2/s:2"]);
+}

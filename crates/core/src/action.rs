@@ -358,6 +358,8 @@ pub struct NewToken {
     pub scopes: Option<Vec<Scope>>,
     pub expires_in_seconds: Option<u64>,
     pub description: Option<String>,
+    /// A rate limit of its own, on top of its user's.
+    pub rate_limit: Option<crate::rate_limit::Rate>,
 }
 
 /// What an action gives back.

@@ -335,6 +335,9 @@ pub struct TokenRecord {
     pub revoked_at: Option<DateTime<Utc>>,
     /// When the token last authenticated a request (kept to the minute).
     pub last_used_at: Option<DateTime<Utc>>,
+    /// The token's own rate limit, applied on top of its user's (it can only narrow it).
+    #[serde(default)]
+    pub rate_limit: Option<crate::rate_limit::Rate>,
 }
 
 /// How a principal proved who it is.
@@ -361,6 +364,8 @@ pub struct Principal {
     pub user: User,
     pub credential: Credential,
     pub scopes: Vec<Scope>,
+    /// The credential's own rate limit (a token's), checked besides the user's.
+    pub rate_limit: Option<crate::rate_limit::Rate>,
 }
 
 impl Principal {

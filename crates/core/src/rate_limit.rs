@@ -14,10 +14,24 @@ use crate::error::Invalid;
 use crate::model::Role;
 
 /// A sustained rate and the burst allowed on top of it.
-#[derive(Debug, Clone, Copy, PartialEq)]
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Rate {
     pub per_second: f64,
     pub burst: u32,
+}
+
+/// As [`Rate::parse`] reads it: `N/s`, `N/m` or `N/h` (the largest unit that keeps N whole)
+/// with `:BURST`.
+impl std::fmt::Display for Rate {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let whole = |count: f64| (count - count.round()).abs() < 1e-6;
+        let (count, unit) = [(1.0, "s"), (60.0, "m")]
+            .into_iter()
+            .map(|(factor, unit)| (self.per_second * factor, unit))
+            .find(|(count, _)| whole(*count))
+            .unwrap_or((self.per_second * 3600.0, "h"));
+        write!(f, "{}/{unit}:{}", count.round() as u64, self.burst)
+    }
 }
 
 impl Rate {
@@ -176,6 +190,15 @@ mod tests {
                 .unwrap();
         }
         assert!(limiter.arrivals.lock().unwrap().len() < 20);
+    }
+
+    #[test]
+    fn rates_print_as_they_parse() {
+        for text in ["10/s:10", "5/m:2", "7/h:1", "2/s:200"] {
+            assert_eq!(Rate::parse(text).unwrap().to_string(), text);
+        }
+        assert_eq!(Rate::parse("120/m:30").unwrap().to_string(), "2/s:30");
+        assert_eq!(Rate::parse("90/m").unwrap().to_string(), "90/m:2");
     }
 
     #[test]

@@ -11,6 +11,7 @@ use airlock_core::ids::{AccessRequestId, Name, UserId};
 use airlock_core::model::{
     Environment, ExecOutput, NetworkMode, Party, Quota, Role, Scope, Team, TokenRecord, Usage, User,
 };
+use airlock_core::rate_limit::Rate;
 
 pub fn new_environment(request: api::CreateEnvironment) -> Result<NewEnvironment, Invalid> {
     let resources = request.resources.unwrap_or_default();
@@ -271,6 +272,18 @@ pub fn new_token(request: api::CreateToken) -> Result<NewToken, Invalid> {
             .transpose()?,
         expires_in_seconds: request.expires_in_seconds,
         description: request.description,
+        rate_limit: request
+            .rate_limit
+            .as_deref()
+            .map(|text| {
+                Rate::parse(text).map_err(|_| {
+                    Invalid::new(
+                        "rate_limit",
+                        format!("{text:?} is not N/s, N/m or N/h[:burst]"),
+                    )
+                })
+            })
+            .transpose()?,
     })
 }
 
@@ -288,6 +301,7 @@ pub fn token(record: TokenRecord) -> api::Token {
         description: record.description,
         revoked_at: record.revoked_at,
         last_used_at: record.last_used_at,
+        rate_limit: record.rate_limit.map(|rate| rate.to_string()),
     }
 }
 

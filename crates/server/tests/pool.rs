@@ -160,6 +160,7 @@ async fn creates_of_the_pools_shape_take_warm_sandboxes_and_the_pool_refills() {
             user,
             credential: admin.credential.clone(),
             scopes: vec![Scope::Read, Scope::Write],
+            rate_limit: None,
         }
     };
     let refused = create(&engine, &tina, NewEnvironment::default(), None).await;

@@ -240,8 +240,8 @@ impl Store for PostgresStore {
 
     async fn insert_token(&self, token: &TokenRecord) -> Result<(), StoreError> {
         sqlx::query(
-            "INSERT INTO tokens (id, user_id, secret_hash, scopes, description, created_at, expires_at, revoked_at)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+            "INSERT INTO tokens (id, user_id, secret_hash, scopes, description, created_at, expires_at, revoked_at, rate_limit)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
         )
         .bind(token.id.as_str())
         .bind(token.user_id.as_str())
@@ -251,6 +251,7 @@ impl Store for PostgresStore {
         .bind(micros(token.created_at))
         .bind(token.expires_at.map(micros))
         .bind(token.revoked_at.map(micros))
+        .bind(token.rate_limit.map(|rate| rate.to_string()))
         .execute(&self.pool)
         .await
         .map_err(|error| duplicate_or_backend(error, "token"))?;

@@ -175,6 +175,10 @@ pub(crate) fn token(row: &impl Columns) -> Result<TokenRecord, StoreError> {
         expires_at: row.optional_time("expires_at")?,
         revoked_at: row.optional_time("revoked_at")?,
         last_used_at: row.optional_time("last_used_at")?,
+        rate_limit: row
+            .optional_text("rate_limit")?
+            .map(|text| airlock_core::rate_limit::Rate::parse(text).map_err(corrupt))
+            .transpose()?,
     })
 }
 

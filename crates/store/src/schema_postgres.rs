@@ -149,4 +149,8 @@ CREATE UNIQUE INDEX audit_events_by_index ON audit_events (chain_index);
 CREATE INDEX audit_events_by_actor ON audit_events (actor, chain_index);
 CREATE INDEX audit_events_by_target ON audit_events (target, chain_index);
 "#,
+    r#"
+-- A token's own rate limit, as on SQLite.
+ALTER TABLE tokens ADD COLUMN rate_limit TEXT;
+"#,
 ];

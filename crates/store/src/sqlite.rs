@@ -264,8 +264,8 @@ impl Store for SqliteStore {
 
     async fn insert_token(&self, token: &TokenRecord) -> Result<(), StoreError> {
         sqlx::query(
-            "INSERT INTO tokens (id, user_id, secret_hash, scopes, description, created_at, expires_at, revoked_at)
-             VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            "INSERT INTO tokens (id, user_id, secret_hash, scopes, description, created_at, expires_at, revoked_at, rate_limit)
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
         )
         .bind(token.id.as_str())
         .bind(token.user_id.as_str())
@@ -275,6 +275,7 @@ impl Store for SqliteStore {
         .bind(micros(token.created_at))
         .bind(token.expires_at.map(micros))
         .bind(token.revoked_at.map(micros))
+        .bind(token.rate_limit.map(|rate| rate.to_string()))
         .execute(&self.writer)
         .await
         .map_err(|error| duplicate_or_backend(error, "token"))?;

@@ -277,6 +277,7 @@ fn token(user: &User, hash_byte: u8) -> TokenRecord {
         expires_at: Some(at(3600)),
         revoked_at: None,
         last_used_at: None,
+        rate_limit: None,
     }
 }
 

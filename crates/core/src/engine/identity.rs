@@ -114,6 +114,7 @@ impl Engine {
                 subject: identity.subject,
             },
             scopes: identity.scopes.unwrap_or(Scope::ALL.to_vec()),
+            rate_limit: None,
         })
     }
 
@@ -340,6 +341,7 @@ impl Engine {
             expires_at,
             revoked_at: None,
             last_used_at: None,
+            rate_limit: new_token.rate_limit,
         };
         self.store.insert_token(&record).await?;
         Ok(Reply::Token { record, secret })

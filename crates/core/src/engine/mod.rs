@@ -192,6 +192,7 @@ impl Engine {
             user,
             credential: crate::model::Credential::Token(token.id),
             scopes: token.scopes,
+            rate_limit: token.rate_limit,
         })
     }
 
@@ -231,6 +232,7 @@ impl Engine {
             expires_at: None,
             revoked_at: None,
             last_used_at: None,
+            rate_limit: None,
         };
         self.store.insert_token(&token).await?;
         Ok(Some((user, secret)))
@@ -491,19 +493,26 @@ impl Engine {
         }
     }
 
-    /// Counts the request against the principal's rate (by its roles).
+    /// Counts the request against the principal's rate (by its roles) and, for a token with
+    /// a rate of its own, against the token's too: a token can narrow its user's limit, never
+    /// widen it, however many tokens the user makes.
     fn check_rate(&self, principal: &Principal, action: &Action) -> Result<(), Error> {
         if policy::never_limited(action) {
             return Ok(());
         }
+        let now = tokio::time::Instant::now();
+        let refused = |retry_after| Error::RateLimited { retry_after };
+        if let (Some(rate), crate::model::Credential::Token(token)) =
+            (principal.rate_limit, &principal.credential)
+        {
+            self.rate_limiter
+                .check(token.as_str(), rate, now)
+                .map_err(refused)?;
+        }
         let rate = self.limits.rate_limits.for_roles(&principal.user.roles);
         self.rate_limiter
-            .check(
-                principal.user.id.as_str(),
-                rate,
-                tokio::time::Instant::now(),
-            )
-            .map_err(|retry_after| Error::RateLimited { retry_after })
+            .check(principal.user.id.as_str(), rate, now)
+            .map_err(refused)
     }
 
     /// Whether the policies allow `principal` to do `action` to `resource`.
