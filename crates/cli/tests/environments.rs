@@ -515,6 +515,25 @@ async fn commands_report_exit_codes_take_input_and_are_bounded() {
     assert_eq!(result["stdout"], "hi\n/tmp\n");
     let result = exec(json!({ "command": ["no-such-program"] })).await;
     assert_eq!(result["exit_code"], 127, "{result}");
+    assert!(
+        result["stderr"]
+            .as_str()
+            .unwrap()
+            .contains("cannot run no-such-program"),
+        "{result}"
+    );
+    // Found but not executable: 126, as a shell says it.
+    let result = exec(json!({ "command": ["/etc/hostname"] })).await;
+    assert_eq!(result["exit_code"], 126, "{result}");
+    let result = exec(json!({ "command": ["true"], "cwd": "/no/such/dir" })).await;
+    assert_eq!(result["exit_code"], 127, "{result}");
+    assert!(
+        result["stderr"]
+            .as_str()
+            .unwrap()
+            .contains("cannot change to /no/such/dir"),
+        "{result}"
+    );
     // The server's own environment never reaches the sandbox.
     let result = exec(json!({ "command": ["env"] })).await;
     assert!(

@@ -18,31 +18,31 @@
 //!    `flags, cwd, argc, argv..., env...` (`flags` is `t` for a terminal, else `-`; env
 //!    entries are `NAME=value`), with the command's stdin, stdout and stderr attached as
 //!    `SCM_RIGHTS`.
-//! 2. The agent starts the command in a session of its own (a terminal becomes its
-//!    controlling terminal) and answers `started <pid>\n`; a command that cannot start gets
-//!    the reason on its stderr and the answer `exit 127\n`.
+//! 2. The agent forks the command in a session of its own (a terminal becomes its
+//!    controlling terminal) and answers `started <pid>\n`; the fork itself looks the program
+//!    up and execs it, so nothing in the sandbox can hold the agent up by stopping it. A
+//!    command that cannot start gets the reason on its stderr and exits 127 (126: found but
+//!    not executable).
 //! 3. Each byte the server sends then is a signal for the command's process group; byte 0
 //!    kills the command with its descendants. When the command ends the agent answers
 //!    `exit <code>\n` (128 + the signal for a killed command) and closes the connection.
-//! 4. If the server hangs up first, the command and its descendants are killed.
+//! 4. If the server hangs up first (also before the command started), the command and its
+//!    descendants are killed.
 //!
 //! Built without crates, so the few system interfaces it needs are declared in `sys` below
 //! (Linux, 64-bit glibc: x86_64 and aarch64 share these values).
 
 #![no_main]
 
-use std::ffi::{c_int, c_void};
+use std::ffi::{CString, c_char, c_int, c_void};
 
 use sys as libc;
-use std::fs::File;
-use std::io::Write;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
-use std::os::unix::process::CommandExt;
-use std::process::{Command, Stdio};
 
 /// The listening socket the runtime helper passes.
 const LISTENER: RawFd = 3;
 /// Commands running (or connections being read) at once; more wait in the listen backlog.
+/// Lowered to fit the descriptor limit (a connection holds up to four while it starts).
 const MAX_CONNECTIONS: usize = 1024;
 /// The largest request (argv and environment together).
 const MAX_REQUEST: usize = 4 << 20;
@@ -61,12 +61,17 @@ fn main_loop() -> ! {
         libc::signalfd(-1, &set, libc::SFD_CLOEXEC | libc::SFD_NONBLOCK)
     };
     let listener = listening_socket(LISTENER);
+    let max_connections = connection_limit();
     let mut connections: Vec<Connection> = Vec::new();
+    // Set when accepting failed for want of descriptors: until a connection ends, the
+    // listener (still readable) is left out of the poll instead of spinning on it.
+    let mut accept_paused = false;
     reap(&mut connections);
     loop {
         let mut polls = Vec::with_capacity(connections.len() + 2);
         polls.push(poll_for(signals));
-        let accepting = listener.is_some() && connections.len() < MAX_CONNECTIONS;
+        let accepting =
+            listener.is_some() && !accept_paused && connections.len() < max_connections;
         polls.push(poll_for(if accepting { LISTENER } else { -1 }));
         polls.extend(connections.iter().map(|c| poll_for(c.socket.as_raw_fd())));
         // SAFETY: `polls` is a valid array of its length.
@@ -84,14 +89,21 @@ fn main_loop() -> ! {
                     unsafe { libc::_exit(0) };
                 }
             }
+            let before = connections.len();
             reap(&mut connections);
+            if connections.len() != before {
+                // `polls` no longer lines up with `connections`: poll again (level-triggered,
+                // nothing is lost).
+                accept_paused = false;
+                continue;
+            }
         }
-        // Connections first (their indexes match `polls` only until one is added).
         let mut index = connections.len();
         while index > 0 {
             index -= 1;
             if polls[index + 2].revents != 0 && !connections[index].serve() {
                 connections.swap_remove(index);
+                accept_paused = false;
             }
         }
         if polls[1].revents != 0 {
@@ -113,9 +125,25 @@ fn main_loop() -> ! {
                         stdio: Vec::new(),
                     },
                 });
+            } else if matches!(
+                std::io::Error::last_os_error().raw_os_error(),
+                Some(libc::EMFILE | libc::ENFILE)
+            ) {
+                accept_paused = true;
             }
         }
     }
+}
+
+/// [`MAX_CONNECTIONS`], or fewer when the descriptor limit would not hold them.
+fn connection_limit() -> usize {
+    let mut limit = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    // SAFETY: getrlimit writes one rlimit.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } != 0 {
+        return 64;
+    }
+    let spare = (limit.rlim_cur as usize).saturating_sub(16) / 4;
+    spare.clamp(1, MAX_CONNECTIONS)
 }
 
 fn poll_for(fd: RawFd) -> libc::pollfd {
@@ -196,23 +224,29 @@ impl Connection {
     fn serve(&mut self) -> bool {
         match &mut self.state {
             State::Reading { request, stdio } => {
-                match receive(&self.socket, request, stdio) {
+                let signals = match receive(&self.socket, request, stdio) {
                     Received::More => return true,
                     Received::Closed => return false,
-                    Received::Whole => {}
+                    Received::Whole(signals) => signals,
+                };
+                if server_gone(&self.socket) {
+                    // It gave up (a timeout, a cancelled request) while this waited.
+                    return false;
                 }
                 let request = std::mem::take(request);
                 let stdio = std::mem::take(stdio);
-                match start(&request, stdio) {
-                    Ok(pid) => {
-                        self.state = State::Running { pid };
-                        self.answer(&format!("started {pid}\n"))
-                    }
-                    Err(()) => {
-                        self.answer("exit 127\n");
-                        false
-                    }
+                let Some(pid) = start(&request, stdio) else {
+                    self.answer("exit 127\n");
+                    return false;
+                };
+                self.state = State::Running { pid };
+                if !self.answer(&format!("started {pid}\n")) {
+                    kill_tree(pid);
+                    return false;
                 }
+                // Signals sent before the request was whole (a ^C, the kill of a timeout).
+                deliver(pid, &signals);
+                true
             }
             State::Running { pid } => {
                 let pid = *pid;
@@ -226,24 +260,21 @@ impl Connection {
                         libc::MSG_DONTWAIT,
                     )
                 };
-                if n < 0 {
-                    let error = std::io::Error::last_os_error().raw_os_error();
-                    return matches!(error, Some(libc::EAGAIN | libc::EINTR));
+                if n < 0
+                    && matches!(
+                        std::io::Error::last_os_error().raw_os_error(),
+                        Some(libc::EAGAIN | libc::EINTR)
+                    )
+                {
+                    return true;
                 }
-                if n == 0 {
-                    // The server hung up: nobody is left to see the command's output.
+                if n <= 0 {
+                    // The server hung up (or the connection broke): nobody is left to see
+                    // the command's output.
                     kill_tree(pid);
                     return false;
                 }
-                for &signal in &bytes[..n as usize] {
-                    if signal == 0 {
-                        kill_tree(pid);
-                    } else {
-                        // SAFETY: kill takes a process group (the command leads its own; it
-                        // is unreaped until we answer, so its id is not reused) and a signal.
-                        unsafe { libc::kill(-pid, c_int::from(signal)) };
-                    }
-                }
+                deliver(pid, &bytes[..n as usize]);
                 true
             }
         }
@@ -266,8 +297,43 @@ impl Connection {
 
 enum Received {
     More,
-    Whole,
+    /// The request is in `request`; with the bytes that followed it (signals).
+    Whole(Vec<u8>),
     Closed,
+}
+
+/// Whether the server has closed its end (nothing more to read, ever).
+fn server_gone(socket: &OwnedFd) -> bool {
+    let mut byte = 0u8;
+    // SAFETY: peeks one byte into a one-byte buffer.
+    let n = unsafe {
+        libc::recv(
+            socket.as_raw_fd(),
+            (&mut byte as *mut u8).cast(),
+            1,
+            libc::MSG_DONTWAIT | libc::MSG_PEEK,
+        )
+    };
+    n == 0
+        || (n < 0
+            && !matches!(
+                std::io::Error::last_os_error().raw_os_error(),
+                Some(libc::EAGAIN | libc::EINTR)
+            ))
+}
+
+/// Signal bytes from the server: 0 kills the command with its descendants, any other the
+/// signal of that number to its process group.
+fn deliver(pid: i32, signals: &[u8]) {
+    for &signal in signals {
+        if signal == 0 {
+            kill_tree(pid);
+        } else {
+            // SAFETY: kill takes a process group (the command leads its own; it is unreaped
+            // until we answer, so its id is not reused) and a signal.
+            unsafe { libc::kill(-pid, c_int::from(signal)) };
+        }
+    }
 }
 
 /// Reads what is there of a request (and the three descriptors sent with its first byte).
@@ -314,95 +380,180 @@ fn receive(socket: &OwnedFd, request: &mut Vec<u8>, stdio: &mut Vec<OwnedFd>) ->
         if request.len() >= 4 {
             let length = u32::from_le_bytes([request[0], request[1], request[2], request[3]]);
             let length = length as usize;
-            if length > MAX_REQUEST || request.len() > 4 + length {
+            if length > MAX_REQUEST {
                 return Received::Closed;
             }
-            if request.len() == 4 + length {
+            if request.len() >= 4 + length {
+                let signals = request.split_off(4 + length);
                 request.drain(..4);
-                return Received::Whole;
+                return Received::Whole(signals);
             }
         }
     }
 }
 
-/// Starts the command a request describes; its pid, or `Err` once the reason is on its
-/// stderr.
-fn start(request: &[u8], stdio: Vec<OwnedFd>) -> Result<i32, ()> {
-    let Ok([stdin, stdout, stderr]) = <[OwnedFd; 3]>::try_from(stdio) else {
-        return Err(());
+/// Starts the command a request describes: its pid, or `None` (a malformed request, said on
+/// its stderr). The fork looks the program up and execs it, reporting a failure on the
+/// command's stderr; the agent never waits for it.
+fn start(request: &[u8], stdio: Vec<OwnedFd>) -> Option<i32> {
+    let Ok(stdio) = <[OwnedFd; 3]>::try_from(stdio) else {
+        return None;
     };
-    let mut report = stderr.try_clone().map(File::from).map_err(|_| ())?;
-    let fail = |report: &mut File, why: &str| {
-        let _ = writeln!(report, "airlock: {why}");
-        Err(())
+    let Some(command) = Prepared::parse(request) else {
+        report(&stdio[2], "airlock: a malformed request\n");
+        return None;
     };
-    let mut fields = request
-        .strip_suffix(b"\0")
-        .unwrap_or(request)
-        .split(|byte| *byte == 0);
-    fn text(field: Option<&[u8]>) -> Option<&str> {
-        field.and_then(|field| std::str::from_utf8(field).ok())
-    }
-    let (Some(flags), Some(cwd), Some(argc)) =
-        (text(fields.next()), text(fields.next()), text(fields.next()))
-    else {
-        return fail(&mut report, "a malformed request");
-    };
-    let Ok(argc) = argc.parse::<usize>() else {
-        return fail(&mut report, "a malformed request");
-    };
-    let argv: Vec<&[u8]> = fields.by_ref().take(argc).collect();
-    if argv.len() != argc || argc == 0 {
-        return fail(&mut report, "a malformed request");
-    }
-    use std::os::unix::ffi::OsStrExt;
-    let os = |bytes: &[u8]| std::ffi::OsStr::from_bytes(bytes).to_owned();
-    let mut command = Command::new(os(argv[0]));
-    command.args(argv[1..].iter().map(|arg| os(arg))).env_clear();
-    for variable in fields {
-        if let Some(at) = variable.iter().position(|byte| *byte == b'=') {
-            command.env(os(&variable[..at]), os(&variable[at + 1..]));
+    // SAFETY: this process has one thread, so the child may do anything the parent could.
+    match unsafe { libc::fork() } {
+        0 => command.run(&stdio),
+        -1 => {
+            report(&stdio[2], "airlock: cannot fork\n");
+            None
         }
+        // The parent's copies of the command's streams close here.
+        pid => Some(pid),
     }
-    if !cwd.is_empty() {
-        command.current_dir(cwd);
-    }
-    let terminal = flags == "t";
-    command
-        .stdin(Stdio::from(stdin))
-        .stdout(Stdio::from(stdout))
-        .stderr(Stdio::from(stderr));
-    // SAFETY: between fork and exec only sigprocmask, sigaction, setsid and ioctl run, all
-    // async-signal-safe, on memory of this frame.
+}
+
+/// Writes a short note on a command's stderr without ever blocking the agent.
+fn report(stderr: &OwnedFd, text: &str) {
+    // SAFETY: fcntl and write on a descriptor we own, from a buffer of its length.
     unsafe {
-        command.pre_exec(move || {
-            // The command starts as a fresh process would: nothing blocked (init blocks
-            // SIGCHLD and SIGTERM for its signalfd; a shell inheriting that waits forever),
-            // every signal at its default.
+        libc::fcntl(stderr.as_raw_fd(), libc::F_SETFL, libc::O_NONBLOCK);
+        libc::write(stderr.as_raw_fd(), text.as_ptr().cast(), text.len());
+    }
+}
+
+/// A request, parsed into what `execve` takes.
+struct Prepared {
+    argv: Vec<CString>,
+    env: Vec<CString>,
+    cwd: Option<CString>,
+    terminal: bool,
+}
+
+impl Prepared {
+    fn parse(request: &[u8]) -> Option<Self> {
+        let mut fields = request
+            .strip_suffix(b"\0")
+            .unwrap_or(request)
+            .split(|byte| *byte == 0);
+        let flags = fields.next()?;
+        let cwd = fields.next()?;
+        let argc: usize = std::str::from_utf8(fields.next()?).ok()?.parse().ok()?;
+        let argv: Vec<CString> = fields
+            .by_ref()
+            .take(argc)
+            .map(|arg| CString::new(arg).ok())
+            .collect::<Option<_>>()?;
+        if argv.len() != argc || argc == 0 || argv[0].is_empty() {
+            return None;
+        }
+        let env = fields
+            .filter(|variable| variable.contains(&b'='))
+            .map(|variable| CString::new(variable).ok())
+            .collect::<Option<_>>()?;
+        Some(Self {
+            argv,
+            env,
+            cwd: (!cwd.is_empty()).then(|| CString::new(cwd).ok()).flatten(),
+            terminal: flags == b"t",
+        })
+    }
+
+    /// In the forked child: becomes the command, or reports why not and exits.
+    fn run(self, stdio: &[OwnedFd; 3]) -> ! {
+        // SAFETY: the child of a single-threaded process; every call gets valid pointers to
+        // memory of this frame; the process execs or exits here.
+        unsafe {
+            // As a fresh process would start: nothing blocked (init blocks SIGCHLD and
+            // SIGTERM for its signalfd; a shell inheriting that waits forever), every signal
+            // at its default (SIGKILL, SIGSTOP and the C library's own refuse: nothing to undo).
             let mut empty: libc::sigset_t = std::mem::zeroed();
             libc::sigemptyset(&mut empty);
-            libc::sigprocmask(libc::SIG_SETMASK, &empty, std::ptr::null_mut());
             let default: libc::sigaction_t = std::mem::zeroed();
             for signal in 1..=64 {
-                // SIGKILL and SIGSTOP, and the C library's own, refuse: nothing to undo.
                 libc::sigaction(signal, &default, std::ptr::null_mut());
             }
-            if libc::setsid() < 0 {
-                return Err(std::io::Error::last_os_error());
+            libc::sigprocmask(libc::SIG_SETMASK, &empty, std::ptr::null_mut());
+            // The streams become 0, 1 and 2 (the received copies are close-on-exec; init's
+            // own 0–2 are /dev/null, so the received ones are all above 2).
+            for (target, fd) in stdio.iter().enumerate() {
+                libc::dup2(fd.as_raw_fd(), target as c_int);
             }
-            if terminal && libc::ioctl(0, libc::TIOCSCTTY, 0) < 0 {
-                return Err(std::io::Error::last_os_error());
+            libc::setsid();
+            if self.terminal && libc::ioctl(0, libc::TIOCSCTTY, 0) < 0 {
+                fail(126, "cannot take the terminal", &std::io::Error::last_os_error());
             }
-            Ok(())
-        });
-    }
-    match command.spawn() {
-        // Never waited for through `Child`: `reap` collects it.
-        Ok(child) => Ok(child.id() as i32),
-        Err(error) => {
-            let program = String::from_utf8_lossy(argv[0]);
-            fail(&mut report, &format!("cannot run {program}: {error}"))
+            if let Some(cwd) = &self.cwd
+                && libc::chdir(cwd.as_ptr()) < 0
+            {
+                let why = format!("cannot change to {}", shorten(cwd.as_bytes()));
+                fail(127, &why, &std::io::Error::last_os_error());
+            }
+            let argv = pointers(&self.argv);
+            let env = pointers(&self.env);
+            let program = self.argv[0].as_bytes();
+            let mut denied = None;
+            for candidate in self.candidates(program) {
+                libc::execve(candidate.as_ptr(), argv.as_ptr(), env.as_ptr());
+                let error = std::io::Error::last_os_error();
+                match error.raw_os_error() {
+                    Some(libc::ENOENT | libc::ENOTDIR) => {}
+                    Some(libc::EACCES) => denied = Some(error),
+                    _ => {
+                        let why = format!("cannot run {}", shorten(program));
+                        fail(126, &why, &error);
+                    }
+                }
+            }
+            let why = format!("cannot run {}", shorten(program));
+            match denied {
+                Some(error) => fail(126, &why, &error),
+                None => fail(127, &why, &std::io::Error::from_raw_os_error(libc::ENOENT)),
+            }
         }
+    }
+
+    /// Where to look for `program`: itself when it names a path, else each directory of the
+    /// command's own `PATH` (a default when it has none), as `execvp` would.
+    fn candidates(&self, program: &[u8]) -> Vec<CString> {
+        if program.contains(&b'/') {
+            return CString::new(program).into_iter().collect();
+        }
+        let path = self
+            .env
+            .iter()
+            .find_map(|variable| variable.as_bytes().strip_prefix(b"PATH="))
+            .unwrap_or(b"/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin");
+        path.split(|byte| *byte == b':')
+            .map(|dir| if dir.is_empty() { &b"."[..] } else { dir })
+            .filter_map(|dir| CString::new([dir, b"/", program].concat()).ok())
+            .collect()
+    }
+}
+
+/// A null-terminated array of pointers to `strings`, for `execve`.
+fn pointers(strings: &[CString]) -> Vec<*const c_char> {
+    strings
+        .iter()
+        .map(|string| string.as_ptr())
+        .chain(std::iter::once(std::ptr::null()))
+        .collect()
+}
+
+/// A name for a message: at most 200 bytes of it.
+fn shorten(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(&bytes[..bytes.len().min(200)]).into_owned()
+}
+
+/// In the forked child: says why on stderr and exits with `code`.
+fn fail(code: c_int, why: &str, error: &std::io::Error) -> ! {
+    let text = format!("airlock: {why}: {error}\n");
+    // SAFETY: writes from a buffer of its length, then ends the process.
+    unsafe {
+        libc::write(2, text.as_ptr().cast(), text.len());
+        libc::_exit(code)
     }
 }
 
@@ -472,6 +623,11 @@ mod sys {
         pub revents: i16,
     }
     #[repr(C)]
+    pub struct rlimit {
+        pub rlim_cur: u64,
+        pub rlim_max: u64,
+    }
+    #[repr(C)]
     pub struct iovec {
         pub iov_base: *mut c_void,
         pub iov_len: usize,
@@ -520,6 +676,13 @@ mod sys {
     pub const TIOCSCTTY: c_ulong = 0x540E;
     pub const EAGAIN: i32 = 11;
     pub const EINTR: i32 = 4;
+    pub const ENOENT: i32 = 2;
+    pub const ENOTDIR: i32 = 20;
+    pub const EACCES: i32 = 13;
+    pub const EMFILE: i32 = 24;
+    pub const ENFILE: i32 = 23;
+    pub const MSG_PEEK: c_int = 0x2;
+    pub const RLIMIT_NOFILE: c_int = 7;
 
     unsafe extern "C" {
         pub fn prctl(option: c_int, ...) -> c_int;
@@ -547,6 +710,16 @@ mod sys {
         pub fn recvmsg(fd: c_int, message: *mut msghdr, flags: c_int) -> isize;
         pub fn kill(pid: c_int, signal: c_int) -> c_int;
         pub fn setsid() -> c_int;
+        pub fn fork() -> c_int;
+        pub fn dup2(old: c_int, new: c_int) -> c_int;
+        pub fn chdir(path: *const std::ffi::c_char) -> c_int;
+        pub fn execve(
+            path: *const std::ffi::c_char,
+            argv: *const *const std::ffi::c_char,
+            envp: *const *const std::ffi::c_char,
+        ) -> c_int;
+        pub fn write(fd: c_int, buffer: *const c_void, count: usize) -> isize;
+        pub fn getrlimit(resource: c_int, limit: *mut rlimit) -> c_int;
         pub fn ioctl(fd: c_int, request: c_ulong, ...) -> c_int;
         pub fn _exit(code: c_int) -> !;
     }

@@ -29,17 +29,19 @@ pub struct Command<'a> {
 /// Why a command could not be handed to the agent.
 #[derive(Debug)]
 pub enum StartError {
-    /// The sandbox has no agent (made by an earlier version): use the helper.
+    /// The sandbox has no agent (made by an earlier version), or nothing listens on its
+    /// socket (the sandbox stopped, or its init never had one): the helper finds out which.
     NoAgent,
-    /// Nothing listens: the sandbox's init is gone.
-    NotRunning,
-    /// The request cannot be expressed (a NUL byte in an argument or variable).
+    /// The request cannot be expressed (a NUL byte, or larger than the agent takes).
     Invalid(&'static str),
     Io(io::Error),
 }
 
 /// How long a connection may wait while the agent's backlog is full.
 const CONNECT_PATIENCE: Duration = Duration::from_secs(5);
+
+/// The largest request the agent takes (argv, variables and directory together).
+const MAX_REQUEST: usize = 4 << 20;
 
 /// One command started by the agent: signals go out, its exit code comes back, and dropping
 /// this hangs up, which kills the command with its descendants.
@@ -136,10 +138,10 @@ impl Agent {
             let mut buffer = [0u8; 256];
             match self.stream.try_read(&mut buffer) {
                 Ok(0) => {
-                    return Err(io::Error::new(
-                        io::ErrorKind::UnexpectedEof,
-                        "the sandbox's init hung up (the sandbox stopped)",
-                    ));
+                    // The sandbox stopped under the command: it was killed with everything in
+                    // it, as the helper would report it.
+                    answers.exit_code = Some(128 + libc::SIGKILL);
+                    return Ok(128 + libc::SIGKILL);
                 }
                 Ok(n) => answers.pending.extend_from_slice(&buffer[..n]),
                 Err(error) if error.kind() == io::ErrorKind::WouldBlock => {}
@@ -163,8 +165,9 @@ async fn connect(path: &Path) -> Result<UnixStream, StartError> {
         match UnixStream::connect(path).await {
             Ok(stream) => return Ok(stream),
             Err(error) => match error.kind() {
-                io::ErrorKind::NotFound => return Err(StartError::NoAgent),
-                io::ErrorKind::ConnectionRefused => return Err(StartError::NotRunning),
+                io::ErrorKind::NotFound | io::ErrorKind::ConnectionRefused => {
+                    return Err(StartError::NoAgent);
+                }
                 io::ErrorKind::WouldBlock if Instant::now() < deadline => {
                     tokio::time::sleep(Duration::from_millis(2)).await;
                 }
@@ -191,6 +194,11 @@ fn encode(command: &Command<'_>) -> Result<Vec<u8>, StartError> {
         }
         body.extend_from_slice(field.as_bytes());
         body.push(0);
+    }
+    if body.len() > MAX_REQUEST {
+        return Err(StartError::Invalid(
+            "a command's arguments, variables and directory exceed 4 MiB together",
+        ));
     }
     let mut request = (body.len() as u32).to_le_bytes().to_vec();
     request.extend_from_slice(&body);

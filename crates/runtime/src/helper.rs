@@ -274,8 +274,16 @@ fn listen_for_agent(path: &Path) -> std::io::Result<OwnedFd> {
         )?;
         return Ok(listener);
     }
-    // SAFETY: dup2 onto a descriptor this process does not otherwise use (0–2 are stdio,
-    // and the socket did not land on 3, so 3 is free); the copy is not close-on-exec.
+    // The socket took the lowest free descriptor, so 3 is held by something else, which a
+    // dup2 would close under its owner: refuse instead (never seen: the helper opens nothing
+    // before this).
+    if nix::fcntl::fcntl(AGENT_FD, nix::fcntl::FcntlArg::F_GETFD).is_ok() {
+        return Err(std::io::Error::other(format!(
+            "descriptor {AGENT_FD} is taken in the runtime helper"
+        )));
+    }
+    // SAFETY: dup2 onto a descriptor nothing in this process owns (checked just above); the
+    // copy is not close-on-exec.
     if unsafe { libc::dup2(listener.as_raw_fd(), AGENT_FD) } < 0 {
         return Err(std::io::Error::last_os_error());
     }

@@ -117,8 +117,13 @@ impl LocalRuntime {
                 "the data directory {text:?} must not contain ',' or ':' (overlayfs options)"
             )));
         }
-        // libcontainer puts a unix socket at state/<id>/notify.sock; sun_path holds 107 bytes.
-        if text.len() + "/state/".len() + 30 + "/notify.sock".len() > 107 {
+        // Unix sockets: libcontainer's state/<id>/notify.sock and the exec agent's
+        // sandboxes/<id>/agent.sock; sun_path holds 107 bytes.
+        let longest = [
+            "/state/".len() + 30 + "/notify.sock".len(),
+            "/sandboxes/".len() + 30 + "/agent.sock".len(),
+        ];
+        if text.len() + longest.into_iter().max().unwrap_or(0) > 107 {
             return Err(RuntimeError::Failed(format!(
                 "the data directory path {text:?} is too long for the runtime's sockets"
             )));
@@ -319,23 +324,28 @@ impl LocalRuntime {
             tty: false,
         };
         let stdio = [stdin_read, stdout_write, stderr_write];
-        let agent = match Agent::start(&self.host.agent_path(id), &command, stdio).await {
-            Ok(agent) => agent,
-            Err(agent::StartError::NoAgent) => return Ok(None),
-            Err(error) => return Err(start_error(error)),
-        };
+        // The command's time counts from here: handing it over is part of it.
+        let deadline = tokio::time::Instant::now() + spec.timeout;
+        let path = self.host.agent_path(id);
+        let agent =
+            match tokio::time::timeout_at(deadline, Agent::start(&path, &command, stdio)).await {
+                Ok(Ok(agent)) => agent,
+                Ok(Err(agent::StartError::NoAgent)) => return Ok(None),
+                Ok(Err(error)) => return Err(start_error(error)),
+                Err(_elapsed) => return Err(did_not_take()),
+            };
         let mut stdin = pipe::Sender::from_owned_fd(stdin_write)
             .map_err(|e| failed("opening the command's stdin", e))?;
         let input = spec.stdin.clone();
-        let writer = tokio::spawn(async move {
+        let _writer = AbortOnDrop(tokio::spawn(async move {
             let _ = stdin.write_all(&input).await;
-        });
+        }));
         let receiver = |fd| {
             pipe::Receiver::from_owned_fd(fd).map_err(|e| failed("opening the command's output", e))
         };
         let stdout = capture(receiver(stdout_read)?, spec.output_limit);
         let stderr = capture(receiver(stderr_read)?, spec.output_limit);
-        let (exit_code, timed_out) = match tokio::time::timeout(spec.timeout, agent.wait()).await {
+        let (exit_code, timed_out) = match tokio::time::timeout_at(deadline, agent.wait()).await {
             Ok(exit) => (exit.map_err(|e| failed("running the command", e))?, false),
             Err(_elapsed) => {
                 let _ = agent.kill();
@@ -346,7 +356,6 @@ impl LocalRuntime {
                 (exit, true)
             }
         };
-        writer.abort();
         let (stdout, out_truncated) = finish_capture(stdout).await;
         let (stderr, err_truncated) = finish_capture(stderr).await;
         Ok(Some(ExecOutput {
@@ -392,7 +401,7 @@ impl LocalRuntime {
                         .map_err(|e| failed("opening a terminal", e))
                 };
                 let stdio = [copy()?, copy()?, slave];
-                Agent::start(&path, &command, stdio).await.map(|agent| {
+                start_agent(&path, &command, stdio).await?.map(|agent| {
                     let terminal = Terminal::new(master);
                     (agent, None, terminal.map(Some))
                 })
@@ -402,7 +411,7 @@ impl LocalRuntime {
                 let (stdout_read, stdout_write) = pipe()?;
                 let (stderr_read, stderr_write) = pipe()?;
                 let stdio = [stdin_read, stdout_write, stderr_write];
-                Agent::start(&path, &command, stdio).await.map(|agent| {
+                start_agent(&path, &command, stdio).await?.map(|agent| {
                     (
                         agent,
                         Some((stdin_write, stdout_read, stderr_read)),
@@ -1214,9 +1223,37 @@ fn pipe() -> Result<(std::os::fd::OwnedFd, std::os::fd::OwnedFd), RuntimeError> 
     nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|e| failed("creating a pipe", e))
 }
 
+/// How long a session's command may take to be handed to the agent (a session has no
+/// timeout of its own).
+const AGENT_START_PATIENCE: Duration = Duration::from_secs(10);
+
+/// [`Agent::start`] within [`AGENT_START_PATIENCE`].
+async fn start_agent(
+    path: &Path,
+    command: &agent::Command<'_>,
+    stdio: [std::os::fd::OwnedFd; 3],
+) -> Result<Result<Agent, agent::StartError>, RuntimeError> {
+    tokio::time::timeout(AGENT_START_PATIENCE, Agent::start(path, command, stdio))
+        .await
+        .map_err(|_elapsed| did_not_take())
+}
+
+fn did_not_take() -> RuntimeError {
+    RuntimeError::Failed("the sandbox's init did not take the command in time".into())
+}
+
+/// A task aborted when this is dropped, on every way out of a function.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
 fn start_error(error: agent::StartError) -> RuntimeError {
     match error {
-        agent::StartError::NoAgent | agent::StartError::NotRunning => RuntimeError::NotRunning,
+        agent::StartError::NoAgent => RuntimeError::NotRunning,
         agent::StartError::Invalid(why) => RuntimeError::Failed(why.into()),
         agent::StartError::Io(error) => failed("reaching the sandbox's init", error),
     }
