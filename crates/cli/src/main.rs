@@ -170,6 +170,16 @@ struct ServerArgs {
     /// ready: a create of that shape takes one at once; they are made again in the background.
     #[arg(long, env = "AIRLOCK_WARM_POOL", default_value_t = 0)]
     warm_pool: u32,
+    /// A warm pool of another shape, `SIZE:key=value,…` (repeatable), keys `memory_mib`,
+    /// `cpus`, `pids`, `disk_mib`, `network` (none or egress); keys left out take the default
+    /// shape's values. E.g. `20:memory_mib=2048,cpus=2,network=egress`.
+    #[arg(
+        long = "warm-pool-shape",
+        value_name = "SIZE:SHAPE",
+        env = "AIRLOCK_WARM_POOL_SHAPES",
+        value_delimiter = ';'
+    )]
+    warm_pool_shapes: Vec<String>,
     /// Live environments the host may hold; beyond, creates get 503 with Retry-After.
     #[arg(long, env = "AIRLOCK_CAPACITY_ENVIRONMENTS", default_value_t = 2000)]
     capacity_environments: u64,
@@ -290,6 +300,35 @@ fn parse_role_rate(
         .ok_or_else(|| format!("{text:?} is not ROLE=RATE"))?;
     let role = airlock_core::model::Role::parse(role).map_err(|error| error.to_string())?;
     Ok((role, parse_rate(rate)?))
+}
+
+/// The warm pools: `--warm-pool N` of the default shape, then each `--warm-pool-shape`.
+fn warm_pools(
+    default_size: u32,
+    shapes: &[String],
+) -> anyhow::Result<Vec<airlock_core::policy::WarmPool>> {
+    use airlock_core::policy::{Limits, WarmPool};
+    let defaults = Limits::default().default_resources;
+    let mut pools = Vec::new();
+    if default_size > 0 {
+        pools.push(WarmPool {
+            resources: defaults,
+            network: airlock_core::model::NetworkMode::None,
+            size: default_size,
+        });
+    }
+    for text in shapes {
+        let pool = WarmPool::parse(text, defaults)
+            .map_err(|error| anyhow::anyhow!("--warm-pool-shape {text:?}: {error}"))?;
+        if pools
+            .iter()
+            .any(|other: &WarmPool| other.holds(&pool.resources, pool.network))
+        {
+            anyhow::bail!("--warm-pool-shape {text:?}: that shape already has a pool");
+        }
+        pools.push(pool);
+    }
+    Ok(pools)
 }
 
 /// `group=role`.
@@ -428,6 +467,7 @@ async fn run_server(args: ServerArgs) -> anyhow::Result<()> {
         }
         None => None,
     };
+    let warm_pools = warm_pools(args.warm_pool, &args.warm_pool_shapes)?;
     let config = airlock_server::ServerConfig {
         data_dir: args.data_dir,
         database_url: args.database_url,
@@ -451,7 +491,7 @@ async fn run_server(args: ServerArgs) -> anyhow::Result<()> {
             },
             memory_reserve_mib: args.memory_reserve_mib,
             copy_limit: args.copy_limit_mib.saturating_mul(1 << 20),
-            warm_pool: args.warm_pool,
+            warm_pools,
             admission: airlock_core::admission::AdmissionConfig {
                 concurrency: args.max_concurrent_creates.max(1),
                 max_queue: args.create_queue_size,

@@ -242,7 +242,13 @@ async fn a_warm_pool_serves_creates_of_its_shape_and_refills() {
     if !can_run_sandboxes("a_warm_pool_serves_creates_of_its_shape_and_refills") {
         return;
     }
-    let server = Server::start_with(&["--warm-pool", "2"]);
+    // Two of the default shape, one of a bigger shape with its own network link.
+    let server = Server::start_with(&[
+        "--warm-pool",
+        "2",
+        "--warm-pool-shape",
+        "1:memory_mib=256,network=egress",
+    ]);
     let wait_for_sandboxes = |count: usize| {
         let started = std::time::Instant::now();
         while server.sandbox_dirs().len() != count {
@@ -254,7 +260,7 @@ async fn a_warm_pool_serves_creates_of_its_shape_and_refills() {
             std::thread::sleep(std::time::Duration::from_millis(100));
         }
     };
-    wait_for_sandboxes(2);
+    wait_for_sandboxes(3);
     let warm = server.sandbox_dirs();
     let ann = server.user("ann").await;
     let id = ann.create(serde_json::json!({ "name": "quick" })).await;
@@ -270,7 +276,16 @@ async fn a_warm_pool_serves_creates_of_its_shape_and_refills() {
     let bob = server.user("bob").await;
     let (status, _) = bob.get(&format!("/v1/environments/{id}")).await;
     assert_eq!(status, StatusCode::NOT_FOUND);
-    tokio::task::block_in_place(|| wait_for_sandboxes(3));
+    tokio::task::block_in_place(|| wait_for_sandboxes(4));
+    // The other shape comes from its own pool, with its link up.
+    let warm = server.sandbox_dirs();
+    let linked = ann
+        .create(serde_json::json!({ "resources": { "memory_mib": 256 }, "network": "egress" }))
+        .await;
+    assert!(warm.contains(&linked), "{linked} is not one of {warm:?}");
+    let link = ann.sh(&linked, "cat /sys/class/net/eth0/operstate").await;
+    assert_eq!(link["stdout"], "up\n", "{link}");
+    tokio::task::block_in_place(|| wait_for_sandboxes(5));
 }
 
 #[tokio::test(flavor = "multi_thread")]

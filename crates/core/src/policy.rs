@@ -114,8 +114,79 @@ pub struct Limits {
     pub host_capacity: Quota,
     /// Creates are refused while the host has less memory than this available.
     pub memory_reserve_mib: u64,
-    /// Warm sandboxes of the default shape kept ready (0: no pool).
-    pub warm_pool: u32,
+    /// Warm pools: sandboxes of a shape kept ready, each shape at most once (none: no pool).
+    pub warm_pools: Vec<WarmPool>,
+}
+
+/// A warm pool: `size` sandboxes of the default image with these resources and network.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct WarmPool {
+    pub resources: crate::model::Resources,
+    pub network: crate::model::NetworkMode,
+    pub size: u32,
+}
+
+impl WarmPool {
+    /// `SIZE` (the default shape), or `SIZE:key=value,…` with keys `memory_mib`, `cpus`,
+    /// `pids`, `disk_mib` and `network` (`none` or `egress`); keys left out take the
+    /// defaults' values.
+    pub fn parse(text: &str, defaults: crate::model::Resources) -> Result<Self, Invalid> {
+        let invalid = |why: String| Invalid::new("warm pool", why);
+        let (size, shape) = text.split_once(':').unwrap_or((text, ""));
+        let size: u32 = size
+            .trim()
+            .parse()
+            .map_err(|_| invalid(format!("{text:?} does not start with a size")))?;
+        let mut pool = Self {
+            resources: defaults,
+            network: crate::model::NetworkMode::None,
+            size,
+        };
+        for pair in shape.split(',').filter(|pair| !pair.trim().is_empty()) {
+            let (key, value) = pair
+                .split_once('=')
+                .ok_or_else(|| invalid(format!("{pair:?} is not key=value")))?;
+            let number = || {
+                value
+                    .trim()
+                    .parse::<u64>()
+                    .map_err(|_| invalid(format!("{key} must be a whole number")))
+            };
+            match key.trim() {
+                "memory_mib" => pool.resources.memory_mib = number()?,
+                "pids" => pool.resources.pids = number()?,
+                "disk_mib" => pool.resources.disk_mib = number()?,
+                "cpus" => {
+                    let cpus: f64 = value
+                        .trim()
+                        .parse()
+                        .map_err(|_| invalid("cpus must be a number".into()))?;
+                    if !(cpus.is_finite() && cpus > 0.0) {
+                        return Err(invalid("cpus must be positive".into()));
+                    }
+                    pool.resources.millicpus = (cpus * 1000.0).round() as u64;
+                }
+                "network" => {
+                    pool.network = match value.trim() {
+                        "none" => crate::model::NetworkMode::None,
+                        "egress" => crate::model::NetworkMode::Egress,
+                        other => return Err(invalid(format!("unknown network {other:?}"))),
+                    }
+                }
+                other => return Err(invalid(format!("unknown key {other:?}"))),
+            }
+        }
+        Ok(pool)
+    }
+
+    /// Whether an environment of these resources and network belongs in this pool.
+    pub fn holds(
+        &self,
+        resources: &crate::model::Resources,
+        network: crate::model::NetworkMode,
+    ) -> bool {
+        self.resources == *resources && self.network == network
+    }
 }
 
 impl Default for Limits {
@@ -165,7 +236,7 @@ impl Default for Limits {
                 max_millicpus: None,
             },
             memory_reserve_mib: 512,
-            warm_pool: 0,
+            warm_pools: Vec::new(),
         }
     }
 }

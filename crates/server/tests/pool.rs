@@ -7,7 +7,7 @@ use std::sync::Arc;
 use airlock_core::action::{NewEnvironment, NewUser};
 use airlock_core::ids::{EnvironmentId, Name};
 use airlock_core::model::{Principal, Role, Scope};
-use airlock_core::policy::Limits;
+use airlock_core::policy::{Limits, WarmPool};
 use airlock_core::ports::{ManualClock, Runtime};
 use airlock_core::{Action, Engine, Error, Origin, Reply};
 use airlock_runtime::FakeRuntime;
@@ -15,8 +15,21 @@ use airlock_store::SqliteStore;
 use chrono::Utc;
 
 fn engine(store: Arc<SqliteStore>, runtime: Arc<FakeRuntime>, warm_pool: u32) -> Engine {
+    let defaults = Limits::default().default_resources;
+    engine_of(
+        store,
+        runtime,
+        vec![WarmPool::parse(&warm_pool.to_string(), defaults).unwrap()],
+    )
+}
+
+fn engine_of(
+    store: Arc<SqliteStore>,
+    runtime: Arc<FakeRuntime>,
+    warm_pools: Vec<WarmPool>,
+) -> Engine {
     let limits = Limits {
-        warm_pool,
+        warm_pools,
         ..Default::default()
     };
     Engine::new(
@@ -180,4 +193,85 @@ async fn engine_with(store: Arc<SqliteStore>, runtime: Arc<FakeRuntime>, size: u
     let engine = engine(store, runtime, size);
     engine.prepare_pool().await.unwrap();
     engine
+}
+
+#[tokio::test]
+async fn each_configured_shape_has_its_own_pool_and_a_dropped_shape_is_removed() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Arc::new(
+        SqliteStore::open(&dir.path().join("test.db"))
+            .await
+            .unwrap(),
+    );
+    let runtime = Arc::new(FakeRuntime::default());
+    let defaults = Limits::default().default_resources;
+    let big = WarmPool::parse("2:memory_mib=2048,cpus=2", defaults).unwrap();
+    let small = WarmPool::parse("1:memory_mib=128", defaults).unwrap();
+    let engine = engine_of(store.clone(), runtime.clone(), vec![big, small]);
+    let (_, secret) = engine.bootstrap_admin().await.unwrap().unwrap();
+    let admin = engine.authenticate(secret.expose()).await.unwrap();
+    engine.prepare_pool().await.unwrap();
+    let warm = engine.refill_pool().await.unwrap().made;
+    assert_eq!(warm.len(), 3);
+
+    // Each shape is served from its own pool; the default shape (no pool here) is made cold.
+    let shape = |memory_mib, cpus| NewEnvironment {
+        memory_mib: Some(memory_mib),
+        cpus,
+        ..Default::default()
+    };
+    let (taken_big, _) = create(&engine, &admin, shape(2048, Some(2.0)), None)
+        .await
+        .unwrap();
+    let (taken_small, _) = create(&engine, &admin, shape(128, None), None)
+        .await
+        .unwrap();
+    assert!(warm.contains(&taken_big) && warm.contains(&taken_small));
+    let (cold, _) = create(&engine, &admin, NewEnvironment::default(), None)
+        .await
+        .unwrap();
+    assert!(!warm.contains(&cold));
+    // The small pool is empty now: its shape goes cold until the refill.
+    let (cold_small, _) = create(&engine, &admin, shape(128, None), None)
+        .await
+        .unwrap();
+    assert!(!warm.contains(&cold_small));
+    let report = engine.refill_pool().await.unwrap();
+    assert_eq!(report.made.len(), 2, "{report:?}");
+
+    // Restarted without the small shape: its warm sandbox goes, the big pool stays.
+    let only_big = engine_of(store.clone(), runtime.clone(), vec![big]);
+    only_big.prepare_pool().await.unwrap();
+    let report = only_big.refill_pool().await.unwrap();
+    assert_eq!(
+        (report.made.len(), report.removed.len()),
+        (0, 1),
+        "{report:?}"
+    );
+    let (taken, _) = create(&only_big, &admin, shape(2048, Some(2.0)), None)
+        .await
+        .unwrap();
+    assert!(report.removed.iter().all(|id| *id != taken));
+}
+
+#[test]
+fn pool_shapes_parse_with_the_defaults_filled_in() {
+    let defaults = Limits::default().default_resources;
+    let pool = WarmPool::parse("5:memory_mib=1024,cpus=1.5,network=egress", defaults).unwrap();
+    assert_eq!(pool.size, 5);
+    assert_eq!(pool.resources.memory_mib, 1024);
+    assert_eq!(pool.resources.millicpus, 1500);
+    assert_eq!(pool.resources.disk_mib, defaults.disk_mib);
+    assert_eq!(pool.network, airlock_core::model::NetworkMode::Egress);
+    assert_eq!(WarmPool::parse("3", defaults).unwrap().resources, defaults);
+    for bad in [
+        "",
+        "x",
+        "2:memory=1",
+        "2:cpus=0",
+        "2:network=host",
+        "2:memory_mib",
+    ] {
+        assert!(WarmPool::parse(bad, defaults).is_err(), "{bad:?}");
+    }
 }

@@ -1,4 +1,5 @@
-//! The warm pool: sandboxes of the default shape made ahead of demand, owned by a system user
+//! Warm pools: sandboxes of configured shapes (the default image with given resources and
+//! network; the default shape with `--warm-pool N`) made ahead of demand, owned by a system user
 //! (`warm-pool`, who cannot sign in), handed over whole to a create of that shape, and made
 //! again in the background, in the admission queue's lowest class so they never delay a
 //! create someone waits for — and not while claims keep coming: making a sandbox takes tens
@@ -8,7 +9,8 @@ use super::{Engine, Origin, environments::generated_name, environments::sandbox_
 use crate::admission::Priority;
 use crate::error::Error;
 use crate::ids::{EnvironmentId, Name, UserId};
-use crate::model::{EnvState, Environment, NetworkMode, User};
+use crate::model::{EnvState, Environment, User};
+use crate::policy::WarmPool;
 use crate::ports::{Ceilings, EnvironmentQuery, Inserted, StoreError};
 
 /// How long no claim must have come before the pool makes its next sandbox.
@@ -32,7 +34,7 @@ impl Engine {
     pub async fn prepare_pool(&self) -> Result<(), Error> {
         let owner = match self.store.find_external_user(POOL_OWNER).await? {
             Some(owner) => owner,
-            None if self.limits.warm_pool == 0 => return Ok(()),
+            None if self.limits.warm_pools.is_empty() => return Ok(()),
             None => {
                 let owner = User {
                     id: UserId::generate(),
@@ -57,14 +59,13 @@ impl Engine {
         Ok(())
     }
 
-    /// The pool's owner, when a create of this shape can be served from the pool.
+    /// The pools' owner, when a pool holds sandboxes of this environment's shape.
     pub(super) fn pool_for(&self, environment: &Environment) -> Option<&UserId> {
-        let shape_matches = environment.image.as_str() == "default"
-            && environment.resources == self.limits.default_resources
-            && environment.network == NetworkMode::None;
-        (self.limits.warm_pool > 0 && shape_matches)
-            .then(|| self.pool_owner.get())
-            .flatten()
+        let pooled = environment.image.as_str() == "default"
+            && self.limits.warm_pools.iter().any(|pool| {
+                pool.size > 0 && pool.holds(&environment.resources, environment.network)
+            });
+        pooled.then(|| self.pool_owner.get()).flatten()
     }
 
     /// Notes that a claim took a warm sandbox, and wakes the refill loop.
@@ -93,29 +94,56 @@ impl Engine {
         let _ = tokio::time::timeout(timeout, self.pool_refill.notified()).await;
     }
 
-    /// Brings the pool to its size: makes what is missing, one at a time, each waiting for a
-    /// turn in the lowest class; deletes what is beyond it.
+    /// Brings each pool to its size: makes what is missing, one at a time, each waiting for
+    /// a turn in the lowest class; deletes what is beyond it (and every warm sandbox of a
+    /// shape no pool holds any more).
     pub async fn refill_pool(&self) -> Result<PoolReport, Error> {
         let mut report = PoolReport::default();
         let Some(owner) = self.pool_owner.get() else {
             return Ok(report);
         };
-        let target = self.limits.warm_pool as usize;
+        let total: usize = self
+            .limits
+            .warm_pools
+            .iter()
+            .map(|pool| pool.size as usize)
+            .sum();
         let warm = self
             .store
             .list_environments(&EnvironmentQuery {
                 owner: Some(owner.clone()),
                 states: Some(vec![EnvState::Creating, EnvState::Running]),
-                limit: (target + 100) as u32,
+                limit: (total + 1000) as u32,
                 ..Default::default()
             })
             .await?;
-        for surplus in warm.iter().skip(target) {
-            if surplus.state == EnvState::Running && self.tear_down(&surplus.id).await? {
-                report.removed.push(surplus.id.clone());
+        let mut kept = vec![0usize; self.limits.warm_pools.len()];
+        for sandbox in &warm {
+            let pool = self
+                .limits
+                .warm_pools
+                .iter()
+                .position(|pool| pool.holds(&sandbox.resources, sandbox.network));
+            match pool {
+                Some(index) if kept[index] < self.limits.warm_pools[index].size as usize => {
+                    kept[index] += 1;
+                }
+                _ => {
+                    if sandbox.state == EnvState::Running && self.tear_down(&sandbox.id).await? {
+                        report.removed.push(sandbox.id.clone());
+                    }
+                }
             }
         }
-        for _ in warm.len()..target {
+        let missing = self
+            .limits
+            .warm_pools
+            .iter()
+            .zip(&kept)
+            .flat_map(|(pool, kept)| {
+                std::iter::repeat_n(*pool, (pool.size as usize).saturating_sub(*kept))
+            });
+        for pool in missing {
             self.until_claims_pause().await;
             let Ok(_turn) = self.admission.admit("warm-pool", Priority::Batch).await else {
                 report.stopped = Some("the create queue is full".into());
@@ -125,7 +153,7 @@ impl Engine {
                 report.stopped = Some(error.to_string());
                 break;
             }
-            match self.make_warm(owner).await {
+            match self.make_warm(owner, &pool).await {
                 Ok(Some(id)) => report.made.push(id),
                 Ok(None) => {
                     report.stopped = Some("the host is at its capacity".into());
@@ -155,8 +183,12 @@ impl Engine {
         Ok(report)
     }
 
-    /// Makes one warm sandbox; `None` when the host has no room for it.
-    async fn make_warm(&self, owner: &UserId) -> Result<Option<EnvironmentId>, Error> {
+    /// Makes one warm sandbox of `pool`'s shape; `None` when the host has no room for it.
+    async fn make_warm(
+        &self,
+        owner: &UserId,
+        pool: &WarmPool,
+    ) -> Result<Option<EnvironmentId>, Error> {
         let id = EnvironmentId::generate();
         let now = self.now();
         let environment = Environment {
@@ -164,8 +196,8 @@ impl Engine {
             name: generated_name(&id),
             owner: owner.clone(),
             image: Name::parse("image", "default").expect("valid name"),
-            resources: self.limits.default_resources,
-            network: NetworkMode::None,
+            resources: pool.resources,
+            network: pool.network,
             team: None,
             access_request: None,
             state: EnvState::Creating,
