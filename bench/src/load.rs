@@ -62,21 +62,40 @@ const IDLE_MAX_FAILURES_IN_A_ROW: usize = 20;
 /// A pause before each burst, so the previous cleanup's deferred work does not run inside it.
 const PAUSE_BEFORE_BURST: Duration = Duration::from_secs(5);
 
-/// `creates` rounds of create + first exec over `clients` concurrent clients.
+/// `creates` rounds of create + first exec over `clients` concurrent clients, each client
+/// taking the next round when its last is done (a closed loop); or, with
+/// `arrivals_per_second`, rounds that start at that rate whatever the answers, each on a
+/// connection of its own (an open loop: `clients` is then `creates`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Burst {
     pub creates: usize,
     pub clients: usize,
+    pub arrivals_per_second: Option<usize>,
+}
+
+impl Burst {
+    fn describe(&self) -> String {
+        match self.arrivals_per_second {
+            Some(rate) => format!("{} arriving at {rate}/s", self.creates),
+            None => format!("{}/{} clients", self.creates, self.clients),
+        }
+    }
 }
 
 impl std::str::FromStr for Burst {
     type Err = String;
 
-    /// `CREATESxCLIENTS`, e.g. `500x50`.
+    /// `CREATESxCLIENTS`, e.g. `500x50`, or `CREATES@RATE`, e.g. `500@300` (open loop).
     fn from_str(text: &str) -> Result<Self, String> {
-        let (creates, clients) = text
-            .split_once('x')
-            .ok_or_else(|| format!("{text:?} is not CREATESxCLIENTS, e.g. 500x50"))?;
+        let (creates, clients, paced) = match (text.split_once('x'), text.split_once('@')) {
+            (Some((creates, clients)), None) => (creates, clients, false),
+            (None, Some((creates, rate))) => (creates, rate, true),
+            _ => {
+                return Err(format!(
+                    "{text:?} is not CREATESxCLIENTS (e.g. 500x50) or CREATES@RATE (e.g. 500@300)"
+                ));
+            }
+        };
         let parse = |value: &str| {
             value
                 .trim()
@@ -85,9 +104,20 @@ impl std::str::FromStr for Burst {
                 .filter(|n| *n > 0)
                 .ok_or_else(|| format!("{value:?} in {text:?} is not a positive number"))
         };
-        Ok(Self {
-            creates: parse(creates)?,
-            clients: parse(clients)?,
+        let creates = parse(creates)?;
+        let clients = parse(clients)?;
+        Ok(if paced {
+            Self {
+                creates,
+                clients: creates,
+                arrivals_per_second: Some(clients),
+            }
+        } else {
+            Self {
+                creates,
+                clients,
+                arrivals_per_second: None,
+            }
         })
     }
 }
@@ -653,10 +683,7 @@ impl BurstResult {
     }
 
     fn label(&self) -> String {
-        format!(
-            "burst {}/{} clients, {}",
-            self.burst.creates, self.burst.clients, self.setup
-        )
+        format!("burst {}, {}", self.burst.describe(), self.setup)
     }
 
     fn to_json(&self) -> Value {
@@ -1008,6 +1035,9 @@ async fn warm_up(target: &impl Target, rounds: usize, timeout: Duration) -> Resu
 
 /// One burst: `burst.creates` rounds of create + first exec over `burst.clients` clients.
 async fn run_burst(target: &impl Target, burst: Burst, timeout: Duration) -> Tally {
+    if let Some(rate) = burst.arrivals_per_second {
+        return run_paced_burst(target, burst.creates, rate, timeout).await;
+    }
     let next = Cell::new(0usize);
     let start = Instant::now();
     let workers = (0..burst.clients).map(|_| {
@@ -1063,6 +1093,58 @@ async fn run_burst(target: &impl Target, burst: Burst, timeout: Duration) -> Tal
     });
     let mut total = Tally::default();
     for tally in join_all(workers).await {
+        total.merge(tally);
+    }
+    total
+}
+
+/// An open-loop burst: round `i` starts at `i / rate` seconds whatever became of the others,
+/// on a connection of its own, so latency is not bounded by the number of clients.
+async fn run_paced_burst(
+    target: &impl Target,
+    creates: usize,
+    rate: usize,
+    timeout: Duration,
+) -> Tally {
+    let start = Instant::now();
+    let interval = Duration::from_secs_f64(1.0 / rate as f64);
+    let rounds = (0..creates).map(|index| async move {
+        tokio::time::sleep_until((start + interval * index as u32).into()).await;
+        let mut client = target.client();
+        let mut tally = Tally::default();
+        let began = Instant::now();
+        let id = match within(timeout, target.create(&mut client)).await {
+            Ok(id) => id,
+            Err(failure) => {
+                tally.refused.push(began.elapsed());
+                *tally.creates.entry(failure.key()).or_default() += 1;
+                *tally
+                    .reasons
+                    .entry(format!("create {}", failure.describe()))
+                    .or_default() += 1;
+                return tally;
+            }
+        };
+        tally.created += 1;
+        tally.create_calls.push(began.elapsed());
+        *tally.creates.entry("201".into()).or_default() += 1;
+        match within(timeout, target.first_exec(&mut client, &id)).await {
+            Ok(()) => {
+                tally.ready.push(began.elapsed());
+                tally.ready_at.push(start.elapsed());
+            }
+            Err(failure) => {
+                *tally.exec_failures.entry(failure.key()).or_default() += 1;
+                *tally
+                    .reasons
+                    .entry(format!("first exec {}", failure.describe()))
+                    .or_default() += 1;
+            }
+        }
+        tally
+    });
+    let mut total = Tally::default();
+    for tally in join_all(rounds).await {
         total.merge(tally);
     }
     total
@@ -1142,10 +1224,9 @@ async fn bursts(
     for burst in bursts {
         tokio::time::sleep(PAUSE_BEFORE_BURST).await;
         eprintln!(
-            "[{}] load: burst of {} creates over {} clients ({setup})",
+            "[{}] load: burst of {} ({setup})",
             target.name(),
-            burst.creates,
-            burst.clients
+            burst.describe()
         );
         let before = Footprint::of(target);
         let cpu = host::cpu_snapshot();
@@ -1599,6 +1680,11 @@ mod tests {
         check("500", None);
         check("0x5", None);
         check("5x", None);
+        check("500@300", Some((500, 500)));
+        check("5x@3", None);
+        let paced: Burst = "500@300".parse().unwrap();
+        assert_eq!(paced.arrivals_per_second, Some(300));
+        assert_eq!(paced.describe(), "500 arriving at 300/s");
     }
 
     #[test]

@@ -102,8 +102,13 @@ struct Args {
     /// Also run bursts against `airlock server --warm-pool N`.
     #[arg(long)]
     load_warm_pool: Option<usize>,
-    /// The bursts of the warm-pool run.
-    #[arg(long, value_delimiter = ',', default_value = "500x20,500x50")]
+    /// The bursts of the warm-pool run: CREATESxCLIENTS (closed loop) or CREATES@RATE
+    /// (creates arriving at RATE a second whatever the answers: an open loop).
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "500x20,500x50,500@150,500@300"
+    )]
     load_warm_pool_bursts: Vec<String>,
     /// Seconds to let things settle before memory is read.
     #[arg(long, default_value_t = 10)]
