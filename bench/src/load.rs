@@ -1051,42 +1051,8 @@ async fn run_burst(target: &impl Target, burst: Burst, timeout: Duration) -> Tal
                     return tally;
                 }
                 next.set(index + 1);
-                let began = Instant::now();
-                let created = within(timeout, target.create(&mut client)).await;
-                let id = match created {
-                    Ok(id) => id,
-                    Err(failure) => {
-                        tally.refused.push(began.elapsed());
-                        *tally.creates.entry(failure.key()).or_default() += 1;
-                        *tally
-                            .reasons
-                            .entry(format!("create {}", failure.describe()))
-                            .or_default() += 1;
-                        if matches!(failure, Failure::Timeout) {
-                            client = target.client();
-                        }
-                        continue;
-                    }
-                };
-                let create_done = Instant::now();
-                tally.created += 1;
-                tally.create_calls.push(create_done - began);
-                *tally.creates.entry("201".into()).or_default() += 1;
-                match within(timeout, target.first_exec(&mut client, &id)).await {
-                    Ok(()) => {
-                        tally.ready.push(began.elapsed());
-                        tally.ready_at.push(start.elapsed());
-                    }
-                    Err(failure) => {
-                        *tally.exec_failures.entry(failure.key()).or_default() += 1;
-                        *tally
-                            .reasons
-                            .entry(format!("first exec {}", failure.describe()))
-                            .or_default() += 1;
-                        if matches!(failure, Failure::Timeout) {
-                            client = target.client();
-                        }
-                    }
+                if round(target, &mut client, start, timeout, &mut tally).await {
+                    client = target.client();
                 }
             }
         }
@@ -1096,6 +1062,48 @@ async fn run_burst(target: &impl Target, burst: Burst, timeout: Duration) -> Tal
         total.merge(tally);
     }
     total
+}
+
+/// One round: a create, then its first exec, counted in `tally` (times from `start` for
+/// `ready_at`). True when a call timed out: the connection is then unusable.
+async fn round(
+    target: &impl Target,
+    client: &mut Client,
+    start: Instant,
+    timeout: Duration,
+    tally: &mut Tally,
+) -> bool {
+    let began = Instant::now();
+    let id = match within(timeout, target.create(client)).await {
+        Ok(id) => id,
+        Err(failure) => {
+            tally.refused.push(began.elapsed());
+            *tally.creates.entry(failure.key()).or_default() += 1;
+            *tally
+                .reasons
+                .entry(format!("create {}", failure.describe()))
+                .or_default() += 1;
+            return matches!(failure, Failure::Timeout);
+        }
+    };
+    tally.created += 1;
+    tally.create_calls.push(began.elapsed());
+    *tally.creates.entry("201".into()).or_default() += 1;
+    match within(timeout, target.first_exec(client, &id)).await {
+        Ok(()) => {
+            tally.ready.push(began.elapsed());
+            tally.ready_at.push(start.elapsed());
+            false
+        }
+        Err(failure) => {
+            *tally.exec_failures.entry(failure.key()).or_default() += 1;
+            *tally
+                .reasons
+                .entry(format!("first exec {}", failure.describe()))
+                .or_default() += 1;
+            matches!(failure, Failure::Timeout)
+        }
+    }
 }
 
 /// An open-loop burst: round `i` starts at `i / rate` seconds whatever became of the others,
@@ -1110,37 +1118,8 @@ async fn run_paced_burst(
     let interval = Duration::from_secs_f64(1.0 / rate as f64);
     let rounds = (0..creates).map(|index| async move {
         tokio::time::sleep_until((start + interval * index as u32).into()).await;
-        let mut client = target.client();
         let mut tally = Tally::default();
-        let began = Instant::now();
-        let id = match within(timeout, target.create(&mut client)).await {
-            Ok(id) => id,
-            Err(failure) => {
-                tally.refused.push(began.elapsed());
-                *tally.creates.entry(failure.key()).or_default() += 1;
-                *tally
-                    .reasons
-                    .entry(format!("create {}", failure.describe()))
-                    .or_default() += 1;
-                return tally;
-            }
-        };
-        tally.created += 1;
-        tally.create_calls.push(began.elapsed());
-        *tally.creates.entry("201".into()).or_default() += 1;
-        match within(timeout, target.first_exec(&mut client, &id)).await {
-            Ok(()) => {
-                tally.ready.push(began.elapsed());
-                tally.ready_at.push(start.elapsed());
-            }
-            Err(failure) => {
-                *tally.exec_failures.entry(failure.key()).or_default() += 1;
-                *tally
-                    .reasons
-                    .entry(format!("first exec {}", failure.describe()))
-                    .or_default() += 1;
-            }
-        }
+        round(target, &mut target.client(), start, timeout, &mut tally).await;
         tally
     });
     let mut total = Tally::default();

@@ -40,6 +40,17 @@ fn engine_of(
     )
 }
 
+/// A fresh SQLite store (in a directory kept alive by the first value) and a fake runtime.
+async fn parts() -> (tempfile::TempDir, Arc<SqliteStore>, Arc<FakeRuntime>) {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Arc::new(
+        SqliteStore::open(&dir.path().join("test.db"))
+            .await
+            .unwrap(),
+    );
+    (dir, store, Arc::new(FakeRuntime::default()))
+}
+
 async fn create(
     engine: &Engine,
     principal: &Principal,
@@ -71,13 +82,7 @@ async fn create(
 
 #[tokio::test]
 async fn creates_of_the_pools_shape_take_warm_sandboxes_and_the_pool_refills() {
-    let dir = tempfile::tempdir().unwrap();
-    let store = Arc::new(
-        SqliteStore::open(&dir.path().join("test.db"))
-            .await
-            .unwrap(),
-    );
-    let runtime = Arc::new(FakeRuntime::default());
+    let (_dir, store, runtime) = parts().await;
     let engine = engine(store.clone(), runtime.clone(), 3);
     let (_, secret) = engine.bootstrap_admin().await.unwrap().unwrap();
     let admin = engine.authenticate(secret.expose()).await.unwrap();
@@ -197,13 +202,7 @@ async fn engine_with(store: Arc<SqliteStore>, runtime: Arc<FakeRuntime>, size: u
 
 #[tokio::test]
 async fn each_configured_shape_has_its_own_pool_and_a_dropped_shape_is_removed() {
-    let dir = tempfile::tempdir().unwrap();
-    let store = Arc::new(
-        SqliteStore::open(&dir.path().join("test.db"))
-            .await
-            .unwrap(),
-    );
-    let runtime = Arc::new(FakeRuntime::default());
+    let (_dir, store, runtime) = parts().await;
     let defaults = Limits::default().default_resources;
     let big = WarmPool::parse("2:memory_mib=2048,cpus=2", defaults).unwrap();
     let small = WarmPool::parse("1:memory_mib=128", defaults).unwrap();
