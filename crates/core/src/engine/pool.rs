@@ -9,9 +9,21 @@ use super::{Engine, Origin, environments::generated_name, environments::sandbox_
 use crate::admission::Priority;
 use crate::error::Error;
 use crate::ids::{EnvironmentId, Name, UserId};
-use crate::model::{EnvState, Environment, User};
+use crate::model::{EnvState, Environment, ExecSpec, User};
 use crate::policy::WarmPool;
 use crate::ports::{Ceilings, EnvironmentQuery, Inserted, StoreError};
+
+/// The command a warm sandbox runs once before it can be claimed.
+fn warm_up() -> ExecSpec {
+    ExecSpec {
+        argv: vec!["true".into()],
+        env: Default::default(),
+        cwd: None,
+        stdin: Vec::new(),
+        timeout: std::time::Duration::from_secs(10),
+        output_limit: 4096,
+    }
+}
 
 /// How long no claim must have come before the pool makes its next sandbox.
 const QUIET_BEFORE_REFILL: std::time::Duration = std::time::Duration::from_millis(100);
@@ -234,6 +246,12 @@ impl Engine {
                 )
                 .await?;
             return Err(Error::internal("warm sandbox creation", error));
+        }
+        // One command before it can be claimed: the lookups through its fresh overlay (the
+        // `PATH` directories, the loader, the C library) are then cached, and the first
+        // command of whoever takes it does not pay for them.
+        if let Err(error) = self.runtime.exec(&id, &warm_up()).await {
+            tracing::warn!(environment = %id, %error, "a warm sandbox's first command failed");
         }
         self.settle(&id, EnvState::Creating, EnvState::Running)
             .await?;
