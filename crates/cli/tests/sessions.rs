@@ -422,6 +422,35 @@ async fn a_streamed_command_keeps_its_streams_apart_takes_stdin_and_signals() {
     assert_eq!(items[0]["bytes_in"], 12);
     assert_eq!(items[0]["bytes_out"], 12 + 10);
     assert_eq!(items[0]["recorded"], false);
+
+    // A sandbox made before the exec agent (no socket): its sessions go through the runtime
+    // helper, streams, signals and exit code alike.
+    std::fs::remove_file(
+        server
+            .data_dir
+            .join("runtime/sandboxes")
+            .join(&environment)
+            .join("agent.sock"),
+    )
+    .unwrap();
+    let path = format!(
+        "/v1/environments/{environment}/exec/stream?command=sh&command=-c&command={}",
+        percent("tr a-z A-Z; echo $PPID >&2; exit 6")
+    );
+    let mut socket = open(&user, &path).await.expect("opens");
+    type_in(&mut socket, b"old way\n").await;
+    control(&mut socket, json!({ "type": "eof" })).await;
+    let mut heard = Heard::default();
+    listen(&mut socket, &mut heard, |heard| heard.exit().is_some()).await;
+    assert_eq!(heard.text(), "OLD WAY\n");
+    // Joined from outside: its parent is not in the sandbox's PID namespace.
+    assert_eq!(String::from_utf8_lossy(&heard.stderr), "0\n");
+    assert_eq!(heard.exit().unwrap()["exit_code"], 6);
+    let path = format!("/v1/environments/{environment}/exec/stream?command=sleep&command=600");
+    let (mut socket, mut heard) = opened(&user, &path).await;
+    control(&mut socket, json!({ "type": "signal", "signal": "INT" })).await;
+    listen(&mut socket, &mut heard, |heard| heard.exit().is_some()).await;
+    assert_eq!(heard.exit().unwrap()["exit_code"], 130);
 }
 
 async fn wait_until<F, Fut>(limit: Duration, check: F) -> bool

@@ -90,6 +90,21 @@ pub struct ExecStatus {
     pub error: Option<String>,
 }
 
+impl ExecStatus {
+    /// What an exec helper wrote on its status descriptor: how its command ended, or why it
+    /// could not run it.
+    pub(crate) fn read(text: &[u8]) -> Result<Self, airlock_core::ports::RuntimeError> {
+        use airlock_core::ports::RuntimeError;
+        let status: Self = serde_json::from_slice(text)
+            .map_err(|_| RuntimeError::Failed("the runtime helper reported nothing".into()))?;
+        match status.error {
+            Some(error) if error.contains("not running") => Err(RuntimeError::NotRunning),
+            Some(error) => Err(RuntimeError::Failed(error)),
+            None => Ok(status),
+        }
+    }
+}
+
 /// Runs the helper; the return value is the process's exit code.
 pub fn main(request_json: &str) -> i32 {
     // Processes forked from here join the sandbox's namespaces before they exec; while they

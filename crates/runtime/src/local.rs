@@ -561,15 +561,7 @@ impl LocalRuntime {
         status_pipe
             .read_to_end(&mut status_text)
             .map_err(|e| failed("reading the exec status", e))?;
-        let status: ExecStatus = serde_json::from_slice(&status_text)
-            .map_err(|_| RuntimeError::Failed("the runtime helper reported nothing".into()))?;
-        if let Some(error) = status.error {
-            return Err(if error.contains("not running") {
-                RuntimeError::NotRunning
-            } else {
-                RuntimeError::Failed(error)
-            });
-        }
+        let status = ExecStatus::read(&status_text)?;
         let (stdout, out_truncated) = finish_capture(stdout).await;
         let (stderr, err_truncated) = finish_capture(stderr).await;
         Ok(ExecOutput {

@@ -211,15 +211,7 @@ impl ProcessControl for LocalProcess {
         if let Some(status) = self.status.lock().expect("status lock").take() {
             let _ = File::from(status).read_to_end(&mut text);
         }
-        let status: ExecStatus = serde_json::from_slice(&text)
-            .map_err(|_| RuntimeError::Failed("the runtime helper reported nothing".into()))?;
-        if let Some(error) = status.error {
-            return Err(if error.contains("not running") {
-                RuntimeError::NotRunning
-            } else {
-                RuntimeError::Failed(error)
-            });
-        }
+        let status = ExecStatus::read(&text)?;
         let exit = ProcessExit {
             exit_code: status.exit_code,
             oom_killed: self.cgroup.oom_kills() > self.oom_kills_before,
