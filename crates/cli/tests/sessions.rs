@@ -368,17 +368,10 @@ async fn a_streamed_command_keeps_its_streams_apart_takes_stdin_and_signals() {
     let (socket, _) = opened(&user, &path).await;
     tokio::time::sleep(Duration::from_millis(500)).await;
     drop(socket);
-    let gone = wait_until(Duration::from_secs(10), || async {
-        let result = user
-            .sh(
-                &environment,
-                "kill -0 $(cat /tmp/pid) 2>/dev/null && echo alive",
-            )
-            .await;
-        result["stdout"] != "alive\n"
-    })
-    .await;
-    assert!(gone, "the command outlived its session");
+    assert!(
+        dies_within_10_s(&user, &environment, "/tmp/pid").await,
+        "the command outlived its session"
+    );
 
     // `airlock exec --stream -i`: stdin piped in, output and exit code back.
     let mut child = Command::new(AIRLOCK)
@@ -466,6 +459,15 @@ where
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     false
+}
+
+/// Whether the process whose pid the environment's file `pid_file` holds is gone within 10 s.
+async fn dies_within_10_s(api: &Api, environment: &str, pid_file: &str) -> bool {
+    let check = format!("kill -0 $(cat {pid_file}) 2>/dev/null && echo alive");
+    wait_until(Duration::from_secs(10), || async {
+        api.sh(environment, &check).await["stdout"] != "alive\n"
+    })
+    .await
 }
 
 fn percent(text: &str) -> String {
@@ -1107,17 +1109,10 @@ async fn bulk_input_and_output_flow_together_and_a_dropped_client_takes_the_whol
     .await;
     assert!(started);
     drop(socket);
-    let gone = wait_until(Duration::from_secs(10), || async {
-        let result = user
-            .sh(
-                &environment,
-                "kill -0 $(cat /tmp/escapee) 2>/dev/null && echo alive",
-            )
-            .await;
-        result["stdout"] != "alive\n"
-    })
-    .await;
-    assert!(gone, "a process of the session outlived it");
+    assert!(
+        dies_within_10_s(&user, &environment, "/tmp/escapee").await,
+        "a process of the session outlived it"
+    );
 }
 
 /// One user's open sessions are bounded (429 past it, nothing started); a seat comes back

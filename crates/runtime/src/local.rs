@@ -377,13 +377,7 @@ impl LocalRuntime {
     ) -> Result<Option<Process>, RuntimeError> {
         let cgroup = self.host.cgroup(id);
         let oom_kills_before = cgroup.oom_kills();
-        let mut extra = spec.env.clone();
-        if spec.tty.is_some() {
-            extra
-                .entry("TERM".into())
-                .or_insert_with(|| "xterm-256color".into());
-        }
-        let (env, cwd) = self.command_env(id, &extra, spec.cwd.as_deref()).await?;
+        let (env, cwd) = self.command_env(id, &spec.env, spec.cwd.as_deref()).await?;
         let command = agent::Command {
             argv: &spec.argv,
             env: &env,
@@ -488,6 +482,30 @@ impl LocalRuntime {
         ))
     }
 
+    /// An exec helper's request (the command's variables go in its environment instead, see
+    /// `EXEC_ENV_VAR`); a session's (`timeout_ms` none) also reads signals on `CONTROL_FD`.
+    fn exec_request(
+        &self,
+        id: &EnvironmentId,
+        argv: &[String],
+        cwd: Option<&str>,
+        timeout_ms: Option<u64>,
+        tty: bool,
+    ) -> HelperRequest {
+        HelperRequest::Exec {
+            state_root: self.host.state_root(),
+            id: id.to_string(),
+            seccomp: self.host.seccomp_path(),
+            argv: argv.to_vec(),
+            env: HashMap::new(),
+            cwd: cwd.map(PathBuf::from),
+            timeout_ms,
+            tty,
+            control: timeout_ms.is_none(),
+            view: self.host.view.clone(),
+        }
+    }
+
     /// Runs a command through the runtime helper (sandboxes without an agent).
     async fn exec_by_helper(
         &self,
@@ -497,21 +515,10 @@ impl LocalRuntime {
         let started = Instant::now();
         let cgroup = self.host.cgroup(id);
         let oom_kills_before = cgroup.oom_kills();
-        let request = HelperRequest::Exec {
-            state_root: self.host.state_root(),
-            id: id.to_string(),
-            seccomp: self.host.seccomp_path(),
-            argv: spec.argv.clone(),
-            // Passed in the helper's environment instead: see `EXEC_ENV_VAR`.
-            env: HashMap::new(),
-            cwd: spec.cwd.as_ref().map(PathBuf::from),
-            timeout_ms: Some(spec.timeout.as_millis() as u64),
-            tty: false,
-            control: false,
-            view: self.host.view.clone(),
-        };
-        let (status_read, status_write) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)
-            .map_err(|e| failed("creating a pipe", e))?;
+        let timeout_ms = spec.timeout.as_millis() as u64;
+        let request =
+            self.exec_request(id, &spec.argv, spec.cwd.as_deref(), Some(timeout_ms), false);
+        let (status_read, status_write) = pipe()?;
         let status_write_fd = status_write.as_raw_fd();
         let mut command = self.helper_command(&request);
         command
@@ -583,32 +590,21 @@ impl LocalRuntime {
     ) -> Result<Process, RuntimeError> {
         let cgroup = self.host.cgroup(id);
         let oom_kills_before = cgroup.oom_kills();
-        let mut env = spec.env.clone();
-        if spec.tty.is_some() {
-            env.entry("TERM".into())
-                .or_insert_with(|| "xterm-256color".into());
-        }
-        let request = HelperRequest::Exec {
-            state_root: self.host.state_root(),
-            id: id.to_string(),
-            seccomp: self.host.seccomp_path(),
-            argv: spec.argv.clone(),
-            env: HashMap::new(),
-            cwd: spec.cwd.as_ref().map(PathBuf::from),
-            timeout_ms: None,
-            tty: spec.tty.is_some(),
-            control: true,
-            view: self.host.view.clone(),
-        };
-        let pipe = || nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC);
-        let (status_read, status_write) = pipe().map_err(|e| failed("creating a pipe", e))?;
-        let (control_read, control_write) = pipe().map_err(|e| failed("creating a pipe", e))?;
+        let request = self.exec_request(
+            id,
+            &spec.argv,
+            spec.cwd.as_deref(),
+            None,
+            spec.tty.is_some(),
+        );
+        let (status_read, status_write) = pipe()?;
+        let (control_read, control_write) = pipe()?;
         let (status_fd, control_fd) = (status_write.as_raw_fd(), control_read.as_raw_fd());
         let mut command = self.helper_command(&request);
         command
             .env(
                 EXEC_ENV_VAR,
-                serde_json::to_string(&env).expect("variables serialize"),
+                serde_json::to_string(&spec.env).expect("variables serialize"),
             )
             // The helper must outlive a dropped session long enough to kill the command: it
             // does so when the control pipe closes.
@@ -998,9 +994,16 @@ impl Runtime for LocalRuntime {
     }
 
     async fn spawn(&self, id: &EnvironmentId, spec: &ProcessSpec) -> Result<Process, RuntimeError> {
-        match self.spawn_by_agent(id, spec).await? {
+        // A terminal's programs need to know what it is.
+        let mut spec = spec.clone();
+        if spec.tty.is_some() {
+            spec.env
+                .entry("TERM".into())
+                .or_insert_with(|| "xterm-256color".into());
+        }
+        match self.spawn_by_agent(id, &spec).await? {
             Some(process) => Ok(process),
-            None => self.spawn_by_helper(id, spec).await,
+            None => self.spawn_by_helper(id, &spec).await,
         }
     }
 

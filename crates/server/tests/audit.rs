@@ -24,7 +24,8 @@ struct Fixture {
     admin: Principal,
 }
 
-async fn fixture() -> Fixture {
+/// An engine on a fresh SQLite store (in the directory returned first) and the fake runtime.
+async fn engine() -> (tempfile::TempDir, Arc<SqliteStore>, Engine) {
     let dir = tempfile::tempdir().unwrap();
     let store = Arc::new(
         SqliteStore::open(&dir.path().join("test.db"))
@@ -37,6 +38,11 @@ async fn fixture() -> Fixture {
         Arc::new(ManualClock::new(Utc::now())),
         Default::default(),
     );
+    (dir, store, engine)
+}
+
+async fn fixture() -> Fixture {
+    let (dir, store, engine) = engine().await;
     let (_, secret) = engine.bootstrap_admin().await.unwrap().unwrap();
     let admin = engine.authenticate(secret.expose()).await.unwrap();
     Fixture {
@@ -304,18 +310,7 @@ async fn privileged_actions_fail_closed_and_change_nothing_when_the_audit_trail_
 
 #[tokio::test]
 async fn the_first_admin_is_not_made_without_its_record() {
-    let dir = tempfile::tempdir().unwrap();
-    let store = Arc::new(
-        SqliteStore::open(&dir.path().join("test.db"))
-            .await
-            .unwrap(),
-    );
-    let engine = Engine::new(
-        store.clone(),
-        Arc::new(FakeRuntime::default()),
-        Arc::new(ManualClock::new(Utc::now())),
-        Default::default(),
-    );
+    let (dir, store, engine) = engine().await;
     refuse_audit(dir.path(), true).await;
     assert!(matches!(
         engine.bootstrap_admin().await,

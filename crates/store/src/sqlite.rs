@@ -76,6 +76,15 @@ impl SqliteStore {
         Ok(store)
     }
 
+    /// A write transaction holding SQLite's write lock from its start, so nothing can write
+    /// between what it reads and what it writes.
+    async fn begin_immediate(&self) -> Result<sqlx::Transaction<'static, Sqlite>, StoreError> {
+        self.writer
+            .begin_with("BEGIN IMMEDIATE")
+            .await
+            .map_err(backend)
+    }
+
     /// Checkpoints the log in the background (PASSIVE: never waits for readers or writers),
     /// until the last clone of the store is dropped.
     fn start_checkpoints(&self) {
@@ -894,12 +903,8 @@ impl Store for SqliteStore {
     }
 
     async fn append_audit(&self, events: &[AuditEvent]) -> Result<ChainHead, StoreError> {
-        // IMMEDIATE: the write lock before reading the head, so no other write slips between.
-        let mut tx = self
-            .writer
-            .begin_with("BEGIN IMMEDIATE")
-            .await
-            .map_err(backend)?;
+        // The write lock before reading the head, so no other write slips between.
+        let mut tx = self.begin_immediate().await?;
         let mut head = read_audit_head(&mut tx).await?;
         for event in events {
             head = head.next(event);
@@ -926,11 +931,7 @@ impl Store for SqliteStore {
     }
 
     async fn chain_unchained_audit(&self) -> Result<u64, StoreError> {
-        let mut tx = self
-            .writer
-            .begin_with("BEGIN IMMEDIATE")
-            .await
-            .map_err(backend)?;
+        let mut tx = self.begin_immediate().await?;
         let mut head = read_audit_head(&mut tx).await?;
         let rows = sqlx::query("SELECT * FROM audit_events WHERE chain_index IS NULL ORDER BY seq")
             .fetch_all(&mut *tx)

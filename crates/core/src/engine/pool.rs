@@ -114,6 +114,8 @@ impl Engine {
         let Some(owner) = self.pool_owner.get() else {
             return Ok(report);
         };
+        // Counted once a burst of claims is over, not at its first claim.
+        self.until_claims_pause().await;
         let total: usize = self
             .limits
             .warm_pools
